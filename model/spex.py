@@ -1,0 +1,173 @@
+"""The assembled SPEX model: encoder -> MSAM -> LLM -> TCP -> SAM mask decoder.
+
+``forward`` is the training pass (teacher-forced response: text CE + BCE + Dice, weights
+from the config); ``infer`` is the inference pass (generated response). Both take the
+response's final-layer hidden states into the TCP, so the mask branch sees the same kind
+of input in training and at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import SpexConfig
+from model.encoder import VisionEncoder
+from model.llm import GenerationSettings, LanguageModel
+from model.msam import MSAM, visual_tokens
+from model.sam_decoder import SpexMaskDecoder
+from model.tcp import TokenCompressionProjector
+from model.timing import stage_timer
+
+
+@dataclass
+class SpexOutput:
+    """Training-pass result. Losses are None when their targets were not given."""
+
+    loss: torch.Tensor
+    text_loss: torch.Tensor | None
+    bce_loss: torch.Tensor | None
+    dice_loss: torch.Tensor | None
+    mask_logits: torch.Tensor  # (B, H, W) at input size
+
+
+@dataclass
+class SpexPrediction:
+    """Inference-pass result."""
+
+    mask_logits: torch.Tensor  # (B, H, W) at input size
+    texts: list[str]
+    tokens: torch.Tensor  # (B, T)
+
+
+class SpexModel(nn.Module):
+    """SPEX. ``config`` records the resolved architecture (including the transformers
+    configs of pretrained parts), which is what a checkpoint stores."""
+
+    def __init__(self, cfg: SpexConfig, tokenizer=None) -> None:
+        super().__init__()
+        self.encoder = VisionEncoder(cfg.encoder, cfg.num_bands)
+        self.llm = LanguageModel(cfg.llm, tokenizer=tokenizer)
+        d_llm = self.llm.hidden_size
+        d_dec = cfg.decoder.transformer_dim
+        self.msam = MSAM(self.encoder.channels, d_llm, d_dec)
+        self.tcp = TokenCompressionProjector(d_llm, d_dec, cfg.tcp_tokens)
+        dc = cfg.decoder
+        self.decoder = SpexMaskDecoder(
+            d_dec, dc.depth, dc.num_heads, dc.mlp_dim, dc.iou_head_hidden_dim
+        )
+        if dc.pretrained_path:
+            self.decoder.load_sam_checkpoint(dc.pretrained_path)
+        if cfg.encoder.pretrained_path:
+            cfg = replace(cfg, encoder=replace(cfg.encoder, hf_config=self.encoder.hf_config()))
+        if cfg.llm.pretrained_path:
+            cfg = replace(cfg, llm=replace(cfg.llm, hf_config=self.llm.hf_config()))
+        self.config = cfg
+
+    # -- shared pieces ------------------------------------------------------------------
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> fused stride-16 map (B, D_llm, S/16, S/16)."""
+        if pixels.shape[1] != self.config.num_bands:
+            raise ValueError(
+                f"model expects {self.config.num_bands} bands {self.config.bands}, "
+                f"got {pixels.shape[1]} channels"
+            )
+        return self.msam(self.encoder(pixels))
+
+    def decode_mask(
+        self, fused: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, size: int
+    ) -> torch.Tensor:
+        """Response hidden states -> TCP prompts -> SAM decoder -> (B, size, size) logits."""
+        prompts = self.tcp(hidden, mask)
+        logits = self.decoder(self.msam.decoder_embedding(fused), prompts)
+        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+    # -- training -----------------------------------------------------------------------
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        instructions: list[str],
+        responses: list[str],
+        masks: torch.Tensor | None = None,
+        mask_valid: torch.Tensor | None = None,
+    ) -> SpexOutput:
+        """Teacher-forced pass. ``masks`` (B, S, S) in {0, 1}; ``mask_valid`` (B, S, S)
+        bool excludes padding/nodata from BCE and Dice. Without ``masks`` only the text
+        loss is computed (stage 1)."""
+        cfg = self.config
+        fused = self.encode(pixels)
+        prompt = self.llm.pack(
+            visual_tokens(fused, cfg.visual_token_budget),
+            instructions,
+            cfg.system_prompt,
+            responses,
+        )
+        hidden, _ = self.llm.hidden_states(
+            prompt.embeds, prompt.attention_mask, prompt.position_ids
+        )
+        assert prompt.labels is not None and prompt.response_mask is not None
+        text = self.llm.text_loss(hidden, prompt.labels)
+        logits = self.decode_mask(fused, hidden, prompt.response_mask, pixels.shape[-1])
+        loss = cfg.loss_text * text
+        bce = dice = None
+        if masks is not None:
+            weight = mask_valid.float() if mask_valid is not None else torch.ones_like(logits)
+            target = masks.float()
+            bce = (
+                F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+                * weight
+            ).sum() / weight.sum().clamp(min=1.0)
+            dice = dice_loss(logits.float(), target, weight)
+            loss = loss + cfg.loss_bce * bce + cfg.loss_dice * dice
+        return SpexOutput(loss, text, bce, dice, logits)
+
+    # -- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(
+        self,
+        pixels: torch.Tensor,
+        instructions: list[str],
+        settings: GenerationSettings | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> SpexPrediction:
+        """Generate the descriptions, then decode one mask per tile from them."""
+        cfg = self.config
+        settings = settings or GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        with stage_timer(timings, "encoder", pixels):
+            fused = self.encode(pixels)
+            prompt = self.llm.pack(
+                visual_tokens(fused, cfg.visual_token_budget), instructions, cfg.system_prompt
+            )
+        gen = self.llm.generate(prompt, settings, timings)
+        with stage_timer(timings, "tcp_decoder", pixels):
+            logits = self.decode_mask(fused, gen.hidden, gen.mask, pixels.shape[-1])
+        return SpexPrediction(logits, gen.texts, gen.tokens)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Soft Dice per tile, averaged (smooth 1 so empty tiles with empty predictions
+    score near zero loss)."""
+    p = torch.sigmoid(logits) * weight
+    t = target * weight
+    inter = (p * t).flatten(1).sum(-1)
+    denom = p.flatten(1).sum(-1) + t.flatten(1).sum(-1)
+    return (1.0 - (2.0 * inter + 1.0) / (denom + 1.0)).mean()
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts per part (for reports and the benchmark)."""
+    assert isinstance(model, SpexModel)
+    parts = {
+        "encoder": model.encoder,
+        "msam": model.msam,
+        "llm": model.llm,
+        "tcp": model.tcp,
+        "decoder": model.decoder,
+    }
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+    counts["lora"] = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts

@@ -1,0 +1,132 @@
+"""The project's own byte-level BPE tokenizer, trained offline.
+
+Qwen2.5's tokenizer cannot be downloaded here, and a 151k-entry vocabulary would dwarf a
+tiny LM anyway. Until the SPIE instruction set exists, the tokenizer is trained on text
+this module generates deterministically: APG-style instructions (the paper's template
+with region attribute dicts) and descriptive sentences about water, vegetation and
+building regions. Byte-level BPE means any later text still encodes (no unknown token).
+The wrapper speaks ChatML, as the Qwen family does, so the prompt format is the same
+whether the tiny tokenizer or a local Qwen2.5 tokenizer is used.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
+
+# ChatML, as the Qwen family formats conversations.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CATEGORIES = ("water", "vegetation", "building")
+SIZES = ("very tiny", "small", "somewhat large", "medium", "large", "very large", "huge")
+LOCATIONS = (
+    "top-left",
+    "top-center",
+    "top-right",
+    "center-left",
+    "center",
+    "center-right",
+    "bottom-left",
+    "bottom-center",
+    "bottom-right",
+)
+INSTRUCTION = (
+    "Based on the provided image and the attributes of the {category} regions, please "
+    "provide a detailed description of them: {prompt}"
+)
+SENTENCES = (
+    "The image contains {n} {category} regions.",
+    "A {size} {category} region is located at the {location} of the image.",
+    "The largest {category} region is {size} and lies in the {location} part.",
+    "Several {size} {category} patches are scattered around the {location}.",
+    "There is no {category} in this image.",
+    "The {category} area covers most of the scene, mainly at the {location}.",
+    "A river crosses the image from the {location} towards the {location2}.",
+    "Dense vegetation and fields surround the buildings near the {location}.",
+    "Buildings form a compact urban block at the {location}, next to roads.",
+    "A lake with a smooth shoreline appears at the {location}.",
+)
+
+
+def _attr_dict(rng: random.Random) -> str:
+    coords = [round(rng.random(), 3) for _ in range(10)]
+    return (
+        "{'Size of area': '" + rng.choice(SIZES) + "', 'Centroid': ("
+        f"{coords[0]:.3f}, {coords[1]:.3f}), 'Location': '{rng.choice(LOCATIONS)}', "
+        f"'Bounding box': [({coords[2]:.3f}, {coords[3]:.3f}), ({coords[4]:.3f}, "
+        f"{coords[5]:.3f}), ({coords[6]:.3f}, {coords[7]:.3f}), ({coords[8]:.3f}, "
+        f"{coords[9]:.3f})]" + "}"
+    )
+
+
+def synthetic_corpus(n: int = 600, seed: int = 0) -> list[str]:
+    """Deterministic APG-style instructions and region descriptions (training text for
+    the tokenizer until the SPIE data set exists)."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    for _ in range(n):
+        category = rng.choice(CATEGORIES)
+        regions = ", ".join(_attr_dict(rng) for _ in range(rng.randint(0, 3)))
+        lines.append(INSTRUCTION.format(category=category, prompt=f"[{regions}]"))
+        lines.append(
+            rng.choice(SENTENCES).format(
+                n=rng.randint(1, 10),
+                category=category,
+                size=rng.choice(SIZES),
+                location=rng.choice(LOCATIONS),
+                location2=rng.choice(LOCATIONS),
+            )
+        )
+    return lines
+
+
+@lru_cache(maxsize=4)
+def train_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Train the byte-level BPE on :func:`synthetic_corpus` (deterministic, < 1 s)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(synthetic_corpus(seed=seed), trainer=trainer)
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """PreTrainedTokenizerFast with the ChatML special tokens and template."""
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=[IM_START, IM_END],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """A local tokenizer folder (saved by this project or a Qwen2.5 folder); offline."""
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = PAD_TOKEN
+    if getattr(tok, "chat_template", None) is None:
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
