@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench server worker deploy clean
+.PHONY: venv demo test lint server worker gpu-worker deploy clean
 
 venv: $(STAMP)
 
@@ -21,3 +21,31 @@ test: venv
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# --- the main job on the bundled sample -------------------------------------------------
+DEMO_SCENE := samples/s2_l1c_berlin_20170216.tif
+DEMO_OUT := out/demo
+
+demo: venv
+	PREFECT_HOME=$(CURDIR)/.prefect DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 \
+	$(BIN)/python -m flows.extract_scene --scene $(DEMO_SCENE) --target water --out-dir $(DEMO_OUT) \
+	  --tile 256 --overlap 32 --formats cog,prob,zarr
+
+# --- Prefect server, worker and deployments (all bound to 127.0.0.1) -----------------------
+PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_API_URL=http://127.0.0.1:4200/api SPEX_PROJECT_DIR=$(CURDIR)
+
+server: venv
+	$(PREFECT_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+deploy: venv
+	$(PREFECT_ENV) $(BIN)/prefect work-pool create spex-cpu --type process --overwrite
+	$(PREFECT_ENV) $(BIN)/prefect work-pool create spex-gpu --type process --overwrite
+	$(PREFECT_ENV) $(BIN)/prefect --no-prompt deploy --all
+
+worker: venv
+	$(PREFECT_ENV) $(BIN)/prefect worker start --pool spex-cpu
+
+gpu-worker: venv
+	$(PREFECT_ENV) $(BIN)/prefect worker start --pool spex-gpu

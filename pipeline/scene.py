@@ -802,6 +802,9 @@ def open_scene(
         "resampling": raw.resampling,
         "band_names_from": "bands= parameter" if bands is not None else raw.label_kind,
     }
+    sensed = _sensing_date(raw)
+    if sensed is not None:
+        provenance["sensing_date"] = sensed[0].isoformat()
     out.attrs.update(
         sensor=sens.name,
         native_bands=[b.native for b in chosen],

@@ -1,0 +1,181 @@
+"""Cloud-Optimized GeoTIFF outputs, written by streaming copy.
+
+GDAL's COG driver only writes by *copy* (CreateCopy), so the pipeline first writes a
+tiled GeoTIFF window by window (bounded memory) and converts it here with
+``rasterio.shutil.copy(..., driver="COG")``, which streams blocks and builds overviews
+through a temporary file instead of holding the raster in memory.
+
+Why these choices:
+
+* Provenance tags are attached through a tiny in-memory VRT wrapping the source, so the
+  source file is never modified and the tags land in the COG's GDAL_METADATA tag.
+* Deterministic bytes: no TIFF DateTime tag is ever set, keys are written sorted,
+  ``NUM_THREADS`` defaults to 1, statistics are not computed and PAM sidecars
+  (``.aux.xml``) are disabled; so the same input gives the same bytes.
+* Overviews: ``nearest`` for the class mask (keeps exactly the values 0/1/255; ``mode``
+  is available), ``average`` for probabilities. With ``overview_count=None`` GDAL adds
+  levels until the smallest one fits in one block.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.dtypes import _gdal_typename
+from rasterio.errors import RasterioIOError
+from rio_cogeo.cogeo import cog_validate
+
+from pipeline.errors import OutputError
+from pipeline.outputs.atomic import atomic_path
+
+Kind = Literal["mask", "probability"]
+
+MASK_NODATA = 255
+DEFAULT_RESAMPLING: dict[str, str] = {"mask": "nearest", "probability": "average"}
+
+# Options that keep GDAL from adding anything run-dependent next to or inside outputs.
+GDAL_ENV: dict[str, str] = {"GDAL_PAM_ENABLED": "NO", "CHECK_DISK_FREE_SPACE": "FALSE"}
+
+
+def _nodata_text(value: float) -> str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else repr(value)
+
+
+def _tagged_vrt(src: rasterio.DatasetReader, tags: Mapping[str, str], nodata: float | None) -> str:
+    """VRT XML that passes every band of ``src`` through and adds dataset tags."""
+    root = ET.Element(
+        "VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height)
+    )
+    if src.crs is not None:
+        ET.SubElement(root, "SRS").text = src.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in src.transform.to_gdal()
+    )
+    if tags:
+        md = ET.SubElement(root, "Metadata")
+        for key in sorted(tags):
+            ET.SubElement(md, "MDI", key=str(key)).text = str(tags[key])
+    for b in range(1, src.count + 1):
+        band = ET.SubElement(
+            root, "VRTRasterBand", dataType=_gdal_typename(src.dtypes[b - 1]), band=str(b)
+        )
+        nd = nodata if nodata is not None else src.nodatavals[b - 1]
+        if nd is not None:
+            ET.SubElement(band, "NoDataValue").text = _nodata_text(nd)
+        source = ET.SubElement(band, "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(
+            Path(src.name).resolve()
+        )
+        ET.SubElement(source, "SourceBand").text = str(b)
+    return ET.tostring(root, encoding="unicode")
+
+
+def to_cog(
+    src_path: str | os.PathLike[str],
+    dst_path: str | os.PathLike[str],
+    *,
+    kind: Kind = "mask",
+    tags: Mapping[str, str] | None = None,
+    nodata: float | None = None,
+    resampling: str | None = None,
+    blocksize: int = 512,
+    overview_count: int | None = None,
+    level: int = 6,
+    num_threads: int = 1,
+) -> Path:
+    """Convert the GeoTIFF ``src_path`` into a COG at ``dst_path`` (streaming).
+
+    ``kind`` picks defaults: the mask gets nearest overviews, the probability average
+    overviews and the floating-point predictor. ``tags`` (str -> str) become GeoTIFF
+    metadata tags. ``nodata`` overrides the source's nodata value. Writes ``dst_path``
+    directly; wrap the call in :func:`pipeline.outputs.atomic.atomic_path` for a final
+    file.
+    """
+    if kind not in DEFAULT_RESAMPLING:
+        raise ValueError(f"kind must be 'mask' or 'probability', got {kind!r}")
+    if blocksize % 16:
+        raise ValueError(f"COG block size must be a multiple of 16, got {blocksize}")
+    options: dict[str, str] = {
+        "COMPRESS": "DEFLATE",
+        "LEVEL": str(level),
+        "PREDICTOR": "YES" if kind == "probability" else "NO",
+        "BLOCKSIZE": str(blocksize),
+        "OVERVIEW_RESAMPLING": (resampling or DEFAULT_RESAMPLING[kind]).upper(),
+        "OVERVIEWS": "IGNORE_EXISTING",
+        "BIGTIFF": "IF_SAFER",
+        "NUM_THREADS": str(num_threads),
+        "STATISTICS": "NO",
+    }
+    if overview_count is not None:
+        options["OVERVIEW_COUNT"] = str(overview_count)
+    dst = Path(dst_path)
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(src_path) as src:
+            vrt = _tagged_vrt(src, dict(tags or {}), nodata)
+            with rasterio.open(vrt) as wrapped:
+                rasterio.shutil.copy(wrapped, dst, driver="COG", **options)
+    except RasterioIOError as exc:
+        raise OutputError(f"cannot write COG {dst} from {src_path}: {exc}") from exc
+    return dst
+
+
+def write_array_cog(
+    array: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    crs: Any,
+    transform: Affine,
+    nodata: float | None = None,
+    tags: Mapping[str, str] | None = None,
+    blocksize: int = 512,
+) -> Path:
+    """Write a small in-memory 2-D array as a final COG at ``path`` (atomically).
+
+    For results that already fit in memory (e.g. a whole-scene APG mask); whole-scene
+    extraction streams through :class:`pipeline.stitching.TileStore` instead. uint8
+    arrays are treated as masks, anything else as probabilities (float32).
+    """
+    if array.ndim != 2:
+        raise ValueError(f"write_array_cog expects a 2-D array, got shape {array.shape}")
+    kind: Kind = "mask" if array.dtype == np.uint8 else "probability"
+    data = array if kind == "mask" else array.astype(np.float32)
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        work = Path(tempfile.mkdtemp(prefix=".spex-cog-", dir=final.parent))
+        try:
+            src = work / "src.tif"
+            profile = {
+                "driver": "GTiff", "height": data.shape[0], "width": data.shape[1],
+                "count": 1, "dtype": data.dtype.name, "crs": crs, "transform": transform,
+                "nodata": nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
+            }
+            with rasterio.Env(**GDAL_ENV), rasterio.open(src, "w", **profile) as dst:
+                dst.write(data, 1)
+            to_cog(src, tmp, kind=kind, tags=tags, nodata=nodata, blocksize=blocksize)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def validate_cog(path: str | os.PathLike[str]) -> tuple[bool, list[str], list[str]]:
+    """``(is_valid, errors, warnings)`` from rio-cogeo's ``cog_validate``."""
+    with rasterio.Env(**GDAL_ENV):
+        return cog_validate(str(path), quiet=True)
+
+
+def assert_valid_cog(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`OutputError` listing the problems when ``path`` is not a valid COG."""
+    ok, errors, _ = validate_cog(path)
+    if not ok:
+        raise OutputError(f"{path} is not a valid Cloud-Optimized GeoTIFF: {'; '.join(errors)}")

@@ -1,0 +1,78 @@
+"""Quicklook PNG: the extracted mask over a true- or false-colour composite, with a legend.
+
+A quicklook is for eyes, not analysis, so it is read from decimated data (the mask COG's
+overviews and a strided read of the scene), keeping memory small for any scene size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import xarray as xr
+from PIL import Image, ImageDraw, ImageFont
+from rasterio.enums import Resampling
+
+MAX_SIDE = 1024
+# Display colours (RGBA) for the target overlay; presentation only.
+OVERLAY_COLOURS = {
+    "water": (30, 144, 255, 150),
+    "vegetation": (50, 205, 50, 150),
+    "building": (220, 20, 60, 150),
+}
+NODATA_COLOUR = (40, 40, 40, 255)
+COMPOSITES = (("R", "G", "B"), ("N", "R", "G"), ("S1", "N", "R"))
+
+
+def _composite_bands(bands: list[str]) -> tuple[tuple[str, str, str], str]:
+    for combo in COMPOSITES:
+        if all(code in bands for code in combo):
+            label = "true colour" if combo == ("R", "G", "B") else "false colour"
+            return combo, f"{label} ({'/'.join(combo)})"
+    first = (bands[0],) * 3
+    return first, f"grey ({bands[0]})"  # type: ignore[return-value]
+
+
+def _stretch(channel: np.ndarray) -> np.ndarray:
+    """2-98 % linear stretch to 0..255, NaN-safe."""
+    finite = channel[np.isfinite(channel)]
+    if finite.size == 0:
+        return np.zeros(channel.shape, dtype=np.uint8)
+    low, high = np.percentile(finite, [2, 98])
+    scaled = (channel - low) / max(high - low, 1e-6)
+    return (np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1) * 255).astype(np.uint8)
+
+
+def render_quicklook(scene: xr.DataArray, mask_path: Path, target: str, out_path: Path) -> Path:
+    """Write ``out_path`` (PNG) and return it."""
+    height, width = scene.sizes["y"], scene.sizes["x"]
+    step = max(1, int(np.ceil(max(height, width) / MAX_SIDE)))
+    combo, label = _composite_bands([str(b) for b in scene["band"].values])
+    rgb_source = scene.sel(band=list(combo))[:, ::step, ::step].compute().values
+    rgb = np.stack([_stretch(rgb_source[i]) for i in range(3)], axis=-1)
+    out_h, out_w = rgb.shape[:2]
+    with rasterio.open(mask_path) as src:
+        mask = src.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
+
+    base = Image.fromarray(rgb, "RGB").convert("RGBA")
+    overlay = np.zeros((out_h, out_w, 4), dtype=np.uint8)
+    overlay[mask == 1] = OVERLAY_COLOURS.get(target, (255, 215, 0, 150))
+    overlay[mask == 255] = NODATA_COLOUR
+    image = Image.alpha_composite(base, Image.fromarray(overlay, "RGBA"))
+
+    legend_h = 44
+    canvas = Image.new("RGBA", (max(out_w, 320), out_h + legend_h), (255, 255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    y0 = out_h + 6
+    entries = [(OVERLAY_COLOURS.get(target, (255, 215, 0, 150)), target), (NODATA_COLOUR, "nodata")]
+    x = 6
+    for colour, name in entries:
+        draw.rectangle([x, y0, x + 14, y0 + 14], fill=(*colour[:3], 255), outline=(0, 0, 0))
+        draw.text((x + 20, y0 + 1), name, fill=(0, 0, 0), font=font)
+        x += 30 + int(draw.textlength(name, font=font)) + 12
+    draw.text((6, y0 + 20), f"background: {label}", fill=(60, 60, 60), font=font)
+    canvas.convert("RGB").save(out_path, format="PNG", optimize=False)
+    return out_path
