@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,12 +130,12 @@ def test_resume_after_interruption_is_byte_identical(tmp_path: Path) -> None:
     # A rerun of a finished job is a no-op; --force recomputes every tile.
     before = {k: Path(v).stat().st_mtime_ns for k, v in resumed.items() if v}
     again: list[int] = []
-    run_extraction(str(BERLIN), settings, tmp_path / "resumed", on_plan=lambda p, n: again.append(n))
+    run_extraction(
+        str(BERLIN), settings, tmp_path / "resumed", on_plan=lambda p, n: again.append(n)
+    )
     assert again == [0]
     assert before == {k: Path(v).stat().st_mtime_ns for k, v in resumed.items() if v}
     forced: list[int] = []
-    from dataclasses import replace
-
     run_extraction(
         str(BERLIN), replace(settings, force=True), tmp_path / "resumed",
         on_plan=lambda p, n: forced.append(n),
