@@ -514,6 +514,9 @@ def _resolve_bands(
 
 
 def _by_count(count: int, sensor: Sensor, where: str) -> tuple[list[SensorBand], list[int]]:
+    layout = sensor.layout_for(count)
+    if layout is not None:
+        return list(layout), list(range(count))
     if count != len(sensor.bands):
         raise SceneError(
             f"{where} has {count} bands but sensor {sensor.name} declares "

@@ -103,6 +103,17 @@ class Sensor:
     platform: str = ""
     notes: str = ""
     path: str = ""
+    # Band orders in which unlabelled files of this product are known to come, keyed by
+    # band count (e.g. Landsat 7 stacks of bands 1-5 without band 7). Declared data, so a
+    # 5-band file is never matched to 6 catalog bands by guesswork.
+    file_layouts: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+    def layout_for(self, count: int) -> tuple[SensorBand, ...] | None:
+        """The catalog bands of a declared ``count``-band file layout, or None."""
+        for n, names in self.file_layouts:
+            if n == count:
+                return tuple(self.band(name) for name in names)
+        return None
 
     @property
     def description(self) -> str:
@@ -244,6 +255,7 @@ def load_sensor_file(path: str | Path) -> Sensor:
                 str(bo["since_sensing_date"]) if bo.get("since_sensing_date") else None
             ),
         )
+    layouts = _parse_layouts(raw.get("file_layouts"), bands, where)
     return Sensor(
         name=name,
         title=str(raw["title"]),
@@ -259,7 +271,30 @@ def load_sensor_file(path: str | Path) -> Sensor:
         platform=str(raw.get("platform", "")),
         notes=" ".join(str(raw.get("notes", "")).split()),
         path=where,
+        file_layouts=layouts,
     )
+
+
+def _parse_layouts(
+    raw: Any, bands: tuple[SensorBand, ...], where: str
+) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """Validate ``file_layouts``: a list of native-name lists, each naming known bands."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(x, list) and x for x in raw):
+        raise CatalogError(f"{where}: key 'file_layouts' must be a list of band-name lists")
+    natives = {b.native for b in bands}
+    out = []
+    for names in raw:
+        unknown = [str(n) for n in names if str(n) not in natives]
+        if unknown:
+            raise CatalogError(f"{where}: file_layouts names unknown band(s) {', '.join(unknown)}")
+        out.append((len(names), tuple(str(n) for n in names)))
+    counts = [n for n, _ in out]
+    if len(set(counts)) != len(counts) or len(bands) in counts:
+        raise CatalogError(f"{where}: file_layouts must have one layout per band count, "
+                           "other than the full band count")
+    return tuple(out)
 
 
 def list_sensors() -> list[str]:

@@ -119,6 +119,7 @@ def test_new_sensor_is_just_a_file(tmp_path: Path) -> None:
         (VALID.format(name="bad").replace("calibrated: true", "calibrated: false"),
          "missing required key 'fallback'"),
         ("name: [unclosed", "not valid YAML"),
+        (VALID.format(name="bad") + "file_layouts:\n  - [b3, b99]\n", "unknown band"),
     ],
 )
 def test_malformed_catalog_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -127,3 +128,10 @@ def test_malformed_catalog_names_file_and_key(tmp_path: Path, text: str, message
     with pytest.raises(CatalogError, match=message) as err:
         load_sensor_file(path)
     assert str(path) in str(err.value)
+
+
+def test_declared_file_layout_maps_a_shorter_stack() -> None:
+    """Landsat 7 stacks of bands 1-5 (no band 7) are declared, not guessed."""
+    sensor = load_sensor("landsat7-etm-dn")
+    assert [b.code for b in sensor.layout_for(5)] == ["B", "G", "R", "N", "S1"]
+    assert sensor.layout_for(4) is None
