@@ -25,9 +25,9 @@ from pipeline.scene import decimated_sample
 from pipeline.targets import index_for, load_target
 
 ThresholdMode = Literal["scene", "tile"]
-# A decimated read of at most this many pixels is enough for a stable Otsu threshold
-# (256 histogram bins) and keeps fit_scene's memory independent of scene size.
-SCENE_SAMPLE_PIXELS = 4_000_000
+# A decimated read of at most this many pixels (scene.DECIMATED_PIXELS, ~1 M) is plenty
+# for a stable 256-bin Otsu threshold and keeps fit_scene's memory independent of the
+# scene size.
 
 
 class IndexExtractor:
@@ -55,7 +55,7 @@ class IndexExtractor:
         self.target = load_target(target).name
         if self.threshold_mode != "scene":
             return
-        sample, step = decimated_sample(scene, max_pixels=SCENE_SAMPLE_PIXELS)
+        sample, step = decimated_sample(scene)
         self.sample_step = step
         self.threshold = otsu_threshold(compute_index(self.index, sample).values)
 

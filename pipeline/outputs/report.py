@@ -19,7 +19,7 @@ Choices, and why:
   and a region's area is the sum over its rows. Pixel count x "pixel area" would be
   meaningless there.
 - **Bounded memory.** Connected-component labelling needs the whole mask in memory. Up to
-  ``max_pixels`` (16 M by default: ~16 MB of uint8 plus the labels) the mask is read at
+  ``max_pixels`` (4 M by default: ~4 MB of uint8 plus ~32 MB of labels) the mask is read at
   full resolution; above it, the smallest power-of-two decimation that fits is read with
   nearest resampling. Power-of-two factors are exactly the COG's overview levels, so GDAL
   serves the read from an overview instead of touching every full-resolution block. The
@@ -64,7 +64,7 @@ __all__ = [
 #: Version of the report layout; bump when keys change meaning.
 REPORT_VERSION = 1
 #: Largest mask (pixels) analysed at full resolution; larger masks are decimated.
-DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_MAX_PIXELS = 4_000_000
 
 # Rounding, fixed so the report bytes never depend on float noise.
 _AREA_DECIMALS = 2  # m2
