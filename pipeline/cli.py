@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import SpexInputError
+from pipeline.spie.cli import spie_app
 
 app = typer.Typer(
     help="SPEX: instruction-driven land-cover extraction from multispectral scenes.",
@@ -21,6 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(spie_app, name="spie")
 
 TargetArg = Annotated[str, typer.Argument(help="What to extract: water, vegetation or building.")]
 SensorOpt = Annotated[

@@ -1,0 +1,385 @@
+"""Data-set catalogs (``catalogs/datasets/*.yaml``): the one place for data-set facts.
+
+A data-set entry says where the images and labels are (globs and templates *relative to
+the data set's root*), which sensor catalog entry opens the images, which class id means
+what, which classes make each target, how patches are cut and how samples are split. The
+SPIE builder reads nothing else about a data set, so a new data set is a new YAML file.
+
+Why the checks are eager and strict: a catalog error found after an hour of patch
+cutting wastes the hour, and a glob such as ``../../etc/*`` or an absolute template would
+read outside the folder a user pointed at. Files are ``yaml.safe_load``-ed, every key is
+validated here, and :func:`resolve_inside` refuses any path that leaves the root (also
+through ``..`` or a symlink).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from pipeline.errors import CatalogError
+from pipeline.sensors import Sensor, list_sensors, load_sensor
+from pipeline.spie.errors import DatasetError
+from pipeline.targets import load_target
+
+__all__ = [
+    "SPLITS",
+    "DatasetSpec",
+    "Layout",
+    "PatchSpec",
+    "SplitSpec",
+    "dataset_names",
+    "load_dataset",
+    "load_dataset_file",
+    "resolve_inside",
+]
+
+#: Split names, in the order stats print them.
+SPLITS = ("train", "val", "test")
+SPLIT_METHODS = ("blocks", "hash", "lists", "pattern")
+LABEL_FORMATS = ("raster", "geojson")
+LABEL_ENCODINGS = ("index", "rgb")
+MISSING_INDEX_POLICIES = ("skip", "empty-prompt")
+#: Project folder: ``default_root`` entries are relative to it.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+_TOP_KEYS = {
+    "name", "title", "paper_set", "source", "license", "default_root", "sensor",
+    "open", "georeferenced", "layout", "classes", "palette", "ignore",
+    "targets", "patch", "split", "apg", "notes",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where images and labels are, relative to the root.
+
+    ``images`` is a glob (files, or folders of band files); ``pattern`` an optional
+    regular expression searched in the image's root-relative POSIX path whose named
+    groups fill ``labels``/``index_layers`` templates and may carry the split. Templates
+    also know ``{stem}``, ``{name}`` and ``{parent}`` of the image path.
+    """
+
+    images: str
+    labels: str
+    pattern: str | None = None
+    label_format: str = "raster"
+    label_encoding: str = "index"
+    label_crs_equivalent: tuple[str, ...] = ()
+    index_layers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Patch size in pixels and the least valid share a kept patch must have."""
+
+    size: int = 512
+    min_valid: float = 0.25
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How samples get their split; every method is a pure function of the inputs.
+
+    ``blocks``: spatial blocks inside each image, whole blocks per split, patches kept
+    ``buffer_px`` away from any block of another split. ``hash``: per image, from a
+    seeded hash of its id. ``lists``: official list files (one image name per line).
+    ``pattern``: a named group of ``layout.pattern`` (e.g. Chesapeake's folder names).
+    """
+
+    method: str
+    fractions: dict[str, float] = field(default_factory=dict)
+    buffer_px: int = 8
+    block_px: int | None = None
+    seed: int = 0
+    lists: dict[str, str] = field(default_factory=dict)
+    group: str | None = None
+    values: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One validated data-set catalog entry."""
+
+    name: str
+    title: str
+    sensor_name: str
+    layout: Layout
+    classes: dict[int, str]
+    targets: dict[str, tuple[int, ...]]
+    split: SplitSpec
+    patch: PatchSpec
+    ignore: tuple[int, ...] = ()
+    palette: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    open_kwargs: dict[str, Any] = field(default_factory=dict)
+    georeferenced: bool = True
+    missing_index: str = "skip"
+    paper_set: bool = False
+    default_root: str | None = None
+    source: str = ""
+    license: str = ""
+    notes: str = ""
+    path: str = ""
+
+    @property
+    def sensor(self) -> Sensor:
+        """The data set's sensor entry from ``catalogs/sensors``."""
+        if self.sensor_name not in list_sensors():
+            raise CatalogError(
+                f"{self.path}: sensor {self.sensor_name!r} is not in catalogs/sensors "
+                f"({', '.join(list_sensors())})"
+            )
+        return load_sensor(self.sensor_name)
+
+    def root_or_default(self, root: str | Path | None) -> Path:
+        """The data set's folder: ``root`` when given, else the catalog's default."""
+        if root is not None:
+            return Path(root)
+        if not self.default_root:
+            raise DatasetError(
+                f"data set {self.name!r} has no default root; pass --root with its folder"
+            )
+        return (PROJECT_DIR / self.default_root).resolve()
+
+    def class_name(self, class_id: int) -> str:
+        return self.classes.get(class_id, f"class {class_id}")
+
+
+def _catalog_dir() -> Path:
+    return Path(str(files("catalogs").joinpath("datasets")))
+
+
+def dataset_names() -> list[str]:
+    """Names of every data-set catalog entry, sorted."""
+    return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))
+
+
+def load_dataset(name: str | Path) -> DatasetSpec:
+    """The catalog entry ``name``, or the YAML file at a path (a user's own data set)."""
+    text = str(name)
+    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        return load_dataset_file(text)
+    path = _catalog_dir() / f"{text}.yaml"
+    if not text or not path.is_file():
+        raise CatalogError(
+            f"unknown data set {text!r}; known data sets: {', '.join(dataset_names())}"
+        )
+    return load_dataset_file(path)
+
+
+def _req(raw: dict[str, Any], key: str, where: str) -> Any:
+    if raw.get(key) is None:
+        raise CatalogError(f"{where}: missing required key {key!r}")
+    return raw[key]
+
+
+def _mapping(value: Any, key: str, where: str) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CatalogError(f"{where}: key {key!r} must be a mapping, got {value!r}")
+    return value
+
+
+def _int(value: Any, what: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CatalogError(f"{where}: {what} must be an integer, got {value!r}")
+    return value
+
+
+def check_relative(pattern: str, what: str, where: str) -> str:
+    """Refuse absolute paths and ``..`` in a glob/template: they could leave the root."""
+    posix = PurePosixPath(pattern.replace("\\", "/"))
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", pattern) or ".." in posix.parts:
+        raise CatalogError(
+            f"{where}: {what} {pattern!r} must be relative to the data set's root "
+            "(no absolute path, no '..')"
+        )
+    return pattern
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that resolves outside ``root`` (symlinks too)."""
+    check_relative(relative, "path", str(root))
+    path = (root / relative).resolve()
+    base = root.resolve()
+    if path != base and base not in path.parents:
+        raise DatasetError(
+            f"{root / relative} resolves to {path}, outside the data set root {base}"
+        )
+    return path
+
+
+def _layout(raw: dict[str, Any], where: str) -> Layout:
+    images = check_relative(str(_req(raw, "images", where)), "layout.images", where)
+    labels = check_relative(str(_req(raw, "labels", where)), "layout.labels", where)
+    pattern = raw.get("pattern")
+    if pattern is not None:
+        try:
+            re.compile(str(pattern))
+        except re.error as exc:
+            raise CatalogError(f"{where}: layout.pattern is not a valid regex ({exc})") from exc
+    fmt = raw.get("label_format", "raster")
+    enc = raw.get("label_encoding", "index")
+    if fmt not in LABEL_FORMATS:
+        raise CatalogError(f"{where}: layout.label_format must be one of {LABEL_FORMATS}")
+    if enc not in LABEL_ENCODINGS:
+        raise CatalogError(f"{where}: layout.label_encoding must be one of {LABEL_ENCODINGS}")
+    layers = {
+        str(k).upper(): check_relative(str(v), f"layout.index_layers.{k}", where)
+        for k, v in _mapping(raw.get("index_layers"), "layout.index_layers", where).items()
+    }
+    unknown = set(raw) - {
+        "images", "labels", "pattern", "label_format", "label_encoding",
+        "label_crs_equivalent", "index_layers",
+    }
+    if unknown:
+        raise CatalogError(f"{where}: unknown layout key(s) {', '.join(sorted(unknown))}")
+    return Layout(
+        images=images,
+        labels=labels,
+        pattern=str(pattern) if pattern is not None else None,
+        label_format=fmt,
+        label_encoding=enc,
+        label_crs_equivalent=tuple(str(c) for c in raw.get("label_crs_equivalent") or ()),
+        index_layers=layers,
+    )
+
+
+def _split(raw: dict[str, Any], layout: Layout, where: str) -> SplitSpec:
+    method = _req(raw, "method", f"{where} split")
+    if method not in SPLIT_METHODS:
+        raise CatalogError(f"{where}: split.method must be one of {SPLIT_METHODS}, got {method!r}")
+    fractions = {
+        str(k): float(v) for k, v in _mapping(raw.get("fractions"), "fractions", where).items()
+    }
+    if method in ("blocks", "hash"):
+        if not fractions or set(fractions) - set(SPLITS):
+            raise CatalogError(f"{where}: split.fractions needs keys among {SPLITS}")
+        if abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
+            raise CatalogError(f"{where}: split.fractions must be >= 0 and sum to 1")
+    lists = {
+        str(k): check_relative(str(v), f"split.lists.{k}", where)
+        for k, v in _mapping(raw.get("lists"), "lists", where).items()
+    }
+    if method == "lists" and (not lists or set(lists) - set(SPLITS)):
+        raise CatalogError(f"{where}: split.lists needs list files for splits among {SPLITS}")
+    group = raw.get("group")
+    values = {str(k): str(v) for k, v in _mapping(raw.get("values"), "values", where).items()}
+    if method == "pattern":
+        if not group or not layout.pattern or f"(?P<{group}>" not in layout.pattern:
+            raise CatalogError(
+                f"{where}: split.method 'pattern' needs split.group naming a group of "
+                "layout.pattern"
+            )
+        if set(values.values()) - set(SPLITS):
+            raise CatalogError(f"{where}: split.values must map to splits among {SPLITS}")
+    buffer_px = _int(raw.get("buffer_px", 8), "split.buffer_px", where)
+    block_px = raw.get("block_px")
+    if buffer_px < 0:
+        raise CatalogError(f"{where}: split.buffer_px must be >= 0")
+    return SplitSpec(
+        method=method,
+        fractions=fractions,
+        buffer_px=buffer_px,
+        block_px=_int(block_px, "split.block_px", where) if block_px is not None else None,
+        seed=_int(raw.get("seed", 0), "split.seed", where),
+        lists=lists,
+        group=str(group) if group else None,
+        values=values,
+    )
+
+
+def _classes(raw: dict[str, Any], where: str) -> dict[int, str]:
+    classes = {_int(k, "a class id", where): str(v) for k, v in _req(raw, "classes", where).items()}
+    if not classes:
+        raise CatalogError(f"{where}: key 'classes' must not be empty")
+    return classes
+
+
+def load_dataset_file(path: str | Path) -> DatasetSpec:
+    """Parse and validate one data-set YAML file (public so malformed files can be tested)."""
+    path = Path(path)
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"{where}: cannot read data-set catalog ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{where}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: a data-set catalog must be a mapping of keys")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    name = str(_req(raw, "name", where))
+    if name != path.stem:
+        raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
+    layout = _layout(_mapping(_req(raw, "layout", where), "layout", where), where)
+    classes = _classes(raw, where)
+    ignore = tuple(_int(i, "an ignore id", where) for i in raw.get("ignore") or ())
+    targets: dict[str, tuple[int, ...]] = {}
+    for tname, ids in _mapping(_req(raw, "targets", where), "targets", where).items():
+        load_target(str(tname))  # unknown target -> CatalogError listing the valid ones
+        if not isinstance(ids, list) or not ids:
+            raise CatalogError(f"{where}: targets.{tname} must be a non-empty list of class ids")
+        targets[str(tname)] = tuple(_int(i, f"targets.{tname} id", where) for i in ids)
+    for tname, ids in targets.items():
+        missing = [i for i in ids if i not in classes]
+        if missing:
+            raise CatalogError(f"{where}: targets.{tname} uses undeclared class id(s) {missing}")
+        clash = sorted(set(ids) & set(ignore))
+        if clash:
+            raise CatalogError(f"{where}: class id(s) {clash} are both ignored and in {tname}")
+    if any(i not in classes for i in ignore):
+        raise CatalogError(f"{where}: 'ignore' lists class ids not in 'classes'")
+    palette: dict[int, tuple[int, int, int]] = {}
+    for k, rgb in _mapping(raw.get("palette"), "palette", where).items():
+        if not isinstance(rgb, list) or len(rgb) != 3:
+            raise CatalogError(f"{where}: palette.{k} must be [r, g, b]")
+        palette[_int(k, "a palette id", where)] = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+    if layout.label_encoding == "rgb" and set(palette) != set(classes):
+        raise CatalogError(f"{where}: rgb labels need a palette colour for every class")
+    patch_raw = _mapping(raw.get("patch"), "patch", where)
+    patch = PatchSpec(
+        size=_int(patch_raw.get("size", 512), "patch.size", where),
+        min_valid=float(patch_raw.get("min_valid", 0.25)),
+    )
+    if patch.size < 8 or not 0 <= patch.min_valid <= 1:
+        raise CatalogError(f"{where}: patch.size must be >= 8 and min_valid in [0, 1]")
+    apg = _mapping(raw.get("apg"), "apg", where)
+    missing_index = apg.get("missing_index", "skip")
+    if missing_index not in MISSING_INDEX_POLICIES:
+        raise CatalogError(f"{where}: apg.missing_index must be one of {MISSING_INDEX_POLICIES}")
+    open_kwargs = _mapping(raw.get("open"), "open", where)
+    bad_open = set(open_kwargs) - {"bands", "baseline", "scale", "offset", "resolution"}
+    if bad_open:
+        raise CatalogError(f"{where}: unknown open key(s) {', '.join(sorted(bad_open))}")
+    default_root = raw.get("default_root")
+    spec = DatasetSpec(
+        name=name,
+        title=str(_req(raw, "title", where)),
+        sensor_name=str(_req(raw, "sensor", where)),
+        layout=layout,
+        classes=classes,
+        targets=targets,
+        split=_split(_mapping(_req(raw, "split", where), "split", where), layout, where),
+        patch=patch,
+        ignore=ignore,
+        palette=palette,
+        open_kwargs=dict(open_kwargs),
+        georeferenced=bool(raw.get("georeferenced", True)),
+        missing_index=missing_index,
+        paper_set=bool(raw.get("paper_set", False)),
+        default_root=str(default_root) if default_root else None,
+        source=" ".join(str(raw.get("source", "")).split()),
+        license=" ".join(str(raw.get("license", "")).split()),
+        notes=" ".join(str(raw.get("notes", "")).split()),
+        path=where,
+    )
+    spec.sensor  # noqa: B018 - validate the sensor now, not mid-build
+    return spec
