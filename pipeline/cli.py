@@ -6,6 +6,7 @@ as one ``error:`` line naming the problem, with exit status 2 and no traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -207,12 +208,22 @@ def extract(
         typer.echo(json.dumps(paths))
 
 
+# A full disk or a file-size limit is the user's to fix, not a bug: one line, no traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def main() -> None:
     """Console entry point: turn input errors into one clear line and exit status 2."""
     try:
         app()
     except SpexInputError as error:
         typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        typer.echo(f"error: cannot write output{where}: {error.strerror}", err=True)
         raise SystemExit(2) from None
 
 

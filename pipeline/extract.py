@@ -36,6 +36,7 @@ import xarray as xr
 from pipeline import __version__
 from pipeline.errors import SpexInputError
 from pipeline.extractor import Extractor, TileBatch
+from pipeline.locking import output_lock
 from pipeline.outputs.atomic import atomic_path, atomic_write_text, ensure_writable_dir
 from pipeline.outputs.quicklook import render_quicklook
 from pipeline.outputs.report import build_report, write_report
@@ -220,7 +221,11 @@ def plan_extraction(
         open_kwargs["sensor"] = settings.sensor
     if settings.bands:
         open_kwargs["bands"] = list(settings.bands)
-    scene = open_scene(src, **open_kwargs)
+    # The same cached lazy scene the batches of this process use: opened (and its
+    # per-scene radiometry computed) once.
+    scene = _open_cached(
+        tuple(src) if isinstance(src, list) else src, json.dumps(open_kwargs, sort_keys=True)
+    )
     extractor = extractor or load_extractor(settings.model, settings.threshold_mode)
     require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
     grid = plan_tiles(scene.sizes["y"], scene.sizes["x"], settings.tile, settings.overlap)
@@ -255,16 +260,17 @@ def plan_extraction(
         outputs=OutputPaths.for_job(out, stem, settings.formats),
         scene_provenance=scene_prov,
     )
-    if settings.force:
-        shutil.rmtree(store_path, ignore_errors=True)
-        plan.done_record.unlink(missing_ok=True)
-    elif _is_done(plan):
-        plan.done = True
-        return plan
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    TileStore.create_or_open(
-        store_path, grid, scene.rio.crs, scene.rio.transform(), fingerprint, force=False
-    )
+    with output_lock(out, stem):  # another run of this output may be finalising
+        if settings.force:
+            shutil.rmtree(store_path, ignore_errors=True)
+            plan.done_record.unlink(missing_ok=True)
+        elif _is_done(plan):
+            plan.done = True
+            return plan
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        TileStore.create_or_open(
+            store_path, grid, scene.rio.crs, scene.rio.transform(), fingerprint, force=False
+        )
     return plan
 
 
@@ -299,14 +305,16 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
     )
     result = plan.extractor.predict(batch)
     texts_dir = plan.store_path / "texts"
-    for tile, text in zip(tiles, result.texts, strict=True):
-        if text is not None:
-            texts_dir.mkdir(exist_ok=True)
-            atomic_write_text(
-                texts_dir / f"{tile.index}.json",
-                json.dumps({"tile": tile.key, "row": tile.row, "col": tile.col, "text": text}),
-            )
-    store.write_batch(tiles, result.probability, valid)
+    # Shared: batches of one job write disjoint slots; planning and finalising wait.
+    with output_lock(plan.outputs.mask.parent, plan.outputs.mask.stem, mode="shared"):
+        for tile, text in zip(tiles, result.texts, strict=True):
+            if text is not None:
+                texts_dir.mkdir(exist_ok=True)
+                atomic_write_text(
+                    texts_dir / f"{tile.index}.json",
+                    json.dumps({"tile": tile.key, "row": tile.row, "col": tile.col, "text": text}),
+                )
+        store.write_batch(tiles, result.probability, valid)
     return len(tiles)
 
 
@@ -355,6 +363,12 @@ def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
     outputs = plan.outputs
     if plan.done:
         return outputs.summary()
+    with output_lock(outputs.mask.parent, outputs.mask.stem):
+        return _finalise_locked(plan)
+
+
+def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
+    outputs = plan.outputs
     store = TileStore.open(plan.store_path, plan.fingerprint)
     store.finalise(
         outputs.mask, outputs.probability, plan.settings.threshold, tags=_tags(plan)

@@ -607,11 +607,17 @@ def _sensing_date(raw: _Raw) -> tuple[date, str] | None:
         value = raw.tags.get(key)
         if value and re.match(r"\d{4}-\d{2}-\d{2}", value):
             return date.fromisoformat(value[:10]), f"tag {key}"
-    for p in raw.paths:
-        m = re.search(r"_(\d{4})(\d{2})(\d{2})T\d{6}", Path(p).name)
-        if m:
-            sensed = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-            return sensed, f"file name {Path(p).name}"
+    # Sentinel-2 style (_20170216T102101) first, then a plain _YYYYMMDD field as NAIP
+    # (m_4709963_se_14_1_20200831) and Landsat product ids carry it.
+    for pattern in (r"_(\d{4})(\d{2})(\d{2})T\d{6}", r"_(\d{4})(\d{2})(\d{2})(?=[_.]|$)"):
+        for p in raw.paths:
+            m = re.search(pattern, Path(p).name)
+            if m:
+                try:
+                    sensed = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+                except ValueError:  # eight digits that are not a date
+                    continue
+                return sensed, f"file name {Path(p).name}"
     return None
 
 
