@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
+PREFECT = Path(sys.executable).with_name("prefect")
 SHARED_DATA = Path(os.environ.get("SPEX_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,3 +43,71 @@ def shared_data() -> Path:
 def samples() -> Path:
     """The small real samples bundled with the project (always present)."""
     return SAMPLES
+
+
+class PrefectServer:
+    """A real `prefect server` on a free loopback port, and the CLI pointed at it.
+
+    Used by the tests that walk the user's deployment sequence (work pool, deploy,
+    `prefect deployment run`, worker) end to end.
+    """
+
+    def __init__(self, home: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": f"http://127.0.0.1:{self.port}/api",
+            "SPEX_PROJECT_DIR": str(REPO),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        self.process = subprocess.Popen(
+            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                url = f"http://127.0.0.1:{self.port}/api/health"
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    pytest.fail("prefect server did not become healthy")
+                time.sleep(1)
+
+    def cli(self, *args: str, timeout: int = 300) -> str:
+        """Run `prefect ARGS` from the project folder; returns stdout + stderr."""
+        run = subprocess.run(
+            [str(PREFECT), *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        return run.stdout + run.stderr
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path / "prefect-home")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def raleigh_pixels(shared_data: Path) -> np.ndarray:
+    """Landsat-7 ETM+ Raleigh stack, bands B,G,R,N,S1 as float32 DN, NaN at nodata."""
+    with rasterio.open(shared_data / "l7-raleigh" / "landsat_multiband.tif") as src:
+        pixels = src.read()
+        nodata = src.nodata
+    return np.where(pixels == nodata, np.float32(np.nan), pixels).astype(np.float32)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 
@@ -32,12 +30,8 @@ BANDS = ["B", "G", "R", "N", "S1"]
 
 
 @pytest.fixture(scope="module")
-def raleigh(shared_data: Path) -> np.ndarray:
-    """Landsat-7 ETM+ B,G,R,N,S1 (float32 DN), NaN at nodata."""
-    with rasterio.open(shared_data / "l7-raleigh" / "landsat_multiband.tif") as src:
-        pixels = src.read()
-        nodata = src.nodata
-    return np.where(pixels == nodata, np.float32(np.nan), pixels).astype(np.float32)
+def raleigh(raleigh_pixels: np.ndarray) -> np.ndarray:
+    return raleigh_pixels
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,59 +85,19 @@ def test_dask_cluster_gives_identical_outputs(
     assert _outputs(results[0]) == reference
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_deployment_run_through_server_and_worker(
-    tmp_path: Path, reference_paths: dict[str, str | None]
+    tmp_path: Path, reference_paths: dict[str, str | None], prefect_server
 ) -> None:
     """The user's sequence: server, work pool, deploy, `prefect deployment run`, worker."""
     reference_mask = reference_paths["mask"]
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "SPEX_PROJECT_DIR": str(REPO),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    server = subprocess.Popen(
-        [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("prefect server did not become healthy")
-                time.sleep(1)
-
-        def prefect(*args: str, timeout: int = 300) -> str:
-            run = subprocess.run(
-                [str(PREFECT), *args], env=env, cwd=REPO, capture_output=True, text=True,
-                timeout=timeout,
-            )
-            assert run.returncode == 0, run.stdout + run.stderr
-            return run.stdout + run.stderr
-
-        prefect("work-pool", "create", "spex-cpu", "--type", "process", "--overwrite")
-        prefect("--no-prompt", "deploy", "--name", "extract-water")
-        out = tmp_path / "out"
-        prefect("deployment", "run", "extract-scene/extract-water", "-p", f"out_dir={out}")
-        log = prefect("worker", "start", "--pool", "spex-cpu", "--run-once")
-        assert "Finished in state Completed()" in log, log
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    prefect = prefect_server.cli
+    prefect("work-pool", "create", "spex-cpu", "--type", "process", "--overwrite")
+    prefect("--no-prompt", "deploy", "--name", "extract-water")
+    out = tmp_path / "out"
+    prefect("deployment", "run", "extract-scene/extract-water", "-p", f"out_dir={out}")
+    log = prefect("worker", "start", "--pool", "spex-cpu", "--run-once")
+    assert "Finished in state Completed()" in log, log
     summary = json.loads((out / ".spex-work" / "s2_l1c_berlin_20170216_water.done.json")
                          .read_text())["outputs"]
     # The deployment names the scene by a relative path, which the provenance records, so

@@ -26,12 +26,8 @@ S2_CODES = {"B02": "B", "B03": "G", "B04": "R", "B08": "N", "B11": "S1", "B12": 
 
 
 @pytest.fixture(scope="module")
-def raleigh(shared_data: Path) -> np.ndarray:
-    """Landsat-7 ETM+ B,G,R,N,S1 as float32 DN with NaN at nodata (-99999)."""
-    with rasterio.open(shared_data / "l7-raleigh" / "landsat_multiband.tif") as src:
-        pixels = src.read()
-        nodata = src.nodata
-    return np.where(pixels == nodata, np.float32(np.nan), pixels).astype(np.float32)
+def raleigh(raleigh_pixels: np.ndarray) -> np.ndarray:
+    return raleigh_pixels
 
 
 @pytest.fixture(scope="module")

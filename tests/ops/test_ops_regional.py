@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,21 +19,6 @@ from pipeline.outputs.cog import validate_cog
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).with_name("prefect")
 NAIP = "naip-north-dakota/m_4709963_se_14_1_*.tif"
-DEPLOYMENT = """
-  - name: regional-mapping
-    entrypoint: flows/regional_mapping.py:regional_mapping
-    description: Scheduled regional mapping of one region catalog (catalogs/regions/).
-    tags: [spex, regional]
-    parameters:
-      region: naip-north-dakota
-    schedules:
-      - cron: "0 6 * * 1"
-        timezone: UTC
-    paused: true
-    work_pool: *cpu_pool
-"""
-
-
 @pytest.fixture(scope="module")
 def harness() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
@@ -122,62 +103,21 @@ def test_drill_one_unreadable_scene_in_a_regional_run(
     assert lost == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_regional_deployment_through_server_and_worker(
-    tmp_path: Path, region_env: dict[str, Path], naip_region: Callable[..., Path]
+    tmp_path: Path, region_env: dict[str, Path], naip_region: Callable[..., Path], prefect_server
 ) -> None:
-    """The proposed prefect.yaml entry: deploy (paused, cron), run it, a worker executes."""
+    """The prefect.yaml entry: deploy (paused, cron), run it, a worker executes."""
     catalog = naip_region(region_env["catalogs"], "nd-deploy", NAIP, start="2019-01-01")
-    prefect_file = tmp_path / "prefect.yaml"
-    prefect_file.write_text((REPO / "prefect.yaml").read_text() + DEPLOYMENT)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "SPEX_PROJECT_DIR": str(REPO),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    server = subprocess.Popen(
-        [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("prefect server did not become healthy")
-                time.sleep(1)
-
-        def prefect(*args: str, timeout: int = 300) -> str:
-            run = subprocess.run([str(PREFECT), *args], env=env, cwd=REPO,
-                                 capture_output=True, text=True, timeout=timeout)
-            assert run.returncode == 0, run.stdout + run.stderr
-            return run.stdout + run.stderr
-
-        prefect("work-pool", "create", "spex-cpu", "--type", "process", "--overwrite")
-        prefect("--no-prompt", "deploy", "--prefect-file", str(prefect_file),
-                "--name", "regional-mapping")
-        inspect = prefect("deployment", "inspect", "regional-mapping/regional-mapping")
-        assert "'paused': True" in inspect and "0 6 * * 1" in inspect
-        prefect("deployment", "run", "regional-mapping/regional-mapping",
-                "-p", f"region={catalog}", "-p", "run_id=20240101T060000Z")
-        log = prefect("worker", "start", "--pool", "spex-cpu", "--run-once", timeout=400)
-        assert "Finished in state Completed()" in log, log[-3000:]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    prefect = prefect_server.cli
+    prefect("work-pool", "create", "spex-cpu", "--type", "process", "--overwrite")
+    prefect("--no-prompt", "deploy", "--name", "regional-mapping")
+    inspect = prefect("deployment", "inspect", "regional-mapping/regional-mapping")
+    assert "'paused': True" in inspect and "0 6 * * 1" in inspect
+    prefect("deployment", "run", "regional-mapping/regional-mapping",
+            "-p", f"region={catalog}", "-p", "run_id=20240101T060000Z")
+    log = prefect("worker", "start", "--pool", "spex-cpu", "--run-once", timeout=400)
+    assert "Finished in state Completed()" in log, log[-3000:]
     run = region_env["out"] / "regions" / "nd-deploy" / "runs" / "20240101T060000Z"
     report = json.loads((run / "run_report.json").read_text())
     assert report["status"] == "complete" and set(report["targets"]) == {"water", "vegetation"}
