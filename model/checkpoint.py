@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -25,6 +26,9 @@ from pipeline.errors import SpexInputError
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer"
+# Optional: how the weights were made (e.g. the smoke-level brief training), so that
+# provenance can say so next to every mask produced with them.
+TRAINING = "training.json"
 FORMAT_VERSION = 1
 
 
@@ -89,10 +93,11 @@ def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     return unique, aliases
 
 
-def save_checkpoint(model, folder: str | Path) -> Path:
+def save_checkpoint(model, folder: str | Path, training: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` (a :class:`model.spex.SpexModel`) to ``folder``; returns the
     weights path. Pretrained paths are dropped from the stored config: the folder is
-    self-contained."""
+    self-contained. ``training`` (JSON-ready) is stored as ``training.json`` and shows
+    up in the extractor's provenance, so outputs say what kind of weights made them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unique, aliases = _dedup(dict(model.state_dict()))
@@ -105,7 +110,23 @@ def save_checkpoint(model, folder: str | Path) -> Path:
         json.dumps({"format_version": FORMAT_VERSION, "spex": cfg}, indent=2)
     )
     model.llm.tokenizer.save_pretrained(str(folder / TOKENIZER))
+    record = folder / TRAINING
+    if training is not None:
+        record.write_text(json.dumps(dict(training), indent=2, sort_keys=True))
+    else:
+        record.unlink(missing_ok=True)  # a stale record would describe other weights
     return weights
+
+
+def read_training(folder: str | Path) -> dict[str, Any] | None:
+    """The ``training.json`` record of a checkpoint folder, or None when absent."""
+    path = Path(folder) / TRAINING
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: malformed training record ({exc})") from exc
 
 
 def read_config(folder: str | Path):
@@ -122,9 +143,21 @@ def read_config(folder: str | Path):
         raise CheckpointError(f"{path}: malformed SPEX config ({exc})") from exc
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
+def load_checkpoint(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    expected_sha256: str | None = None,
+):
     """Rebuild the model from ``config.json`` and ``tokenizer/``, check and load the
-    weights; returns the model in eval mode on ``device``."""
+    weights; returns the model in eval mode on ``device``.
+
+    ``expected_sha256``: the weights file must still hash to this (a worker reloading a
+    checkpoint named in a job plan must not silently pick up retrained weights). The
+    hash is taken just before loading, not over the very bytes loaded: a file replaced
+    within those milliseconds is not caught, which is acceptable for this purpose and
+    avoids holding the file twice in memory at paper size.
+    """
     from model.spex import SpexModel
     from model.tokenizer import load_tokenizer
 
@@ -133,6 +166,14 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS}")
+    if expected_sha256 is not None:
+        got = sha256_file(weights)
+        if got != expected_sha256:
+            raise CheckpointError(
+                f"{weights}: weights changed since the extractor was created "
+                f"(sha256 {got[:12]}..., expected {expected_sha256[:12]}...); "
+                "re-plan the job with the new weights"
+            )
     tokenizer = load_tokenizer(str(folder / TOKENIZER)) if (folder / TOKENIZER).is_dir() else None
     model = SpexModel(cfg, tokenizer=tokenizer)
     load_weights(model, weights)

@@ -7,11 +7,25 @@ the model generates the descriptions (KV cache, token budget, greedy by default)
 decodes one mask per tile from their hidden states, and the mask logits are cropped,
 resized back to the tile and squashed to probabilities. The APG runs per tile (its own
 Otsu threshold), as in the paper's training data, so ``fit_scene`` has nothing to do.
+
+Pickling: an extraction plan (and its extractor) is pickled when tile batches run as
+Prefect tasks on Dask workers, and Prefect also pickles task inputs to hash them. An
+extractor loaded with :meth:`SpexExtractor.from_checkpoint` therefore pickles to a few
+hundred bytes (checkpoint folder, weights sha256, config and settings, never tensors)
+and reloads its model lazily on first use, after checking that the weights still hash
+to the recorded sha256; unpickled copies in one process share one loaded model (see
+:func:`clear_model_cache`). An extractor built around an in-memory model refuses to be
+pickled, with a message saying to save a checkpoint: shipping every tensor to every
+task would be slow and memory-hungry at paper size, and a silent fallback would hide
+that cost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -21,7 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import WEIGHTS, check_bands, load_checkpoint, sha256_file, sha256_state
+from model.checkpoint import (
+    WEIGHTS,
+    check_bands,
+    load_checkpoint,
+    read_training,
+    sha256_file,
+    sha256_state,
+)
 from model.llm import GenerationSettings
 from model.spex import SpexModel
 from model.timing import stage_timer
@@ -31,6 +52,33 @@ from pipeline.extractor import TileBatch, TileResult
 InstructionFn = Callable[[np.ndarray, tuple[str, ...], str, np.ndarray], str]
 
 VERSION = "1"
+
+# Models reloaded by unpickled extractors, keyed by (folder, weights sha256, device): a
+# Dask worker deserialises the plan once per task, and each copy must not load its own.
+_MODEL_CACHE: OrderedDict[tuple[str, str, str], SpexModel] = OrderedDict()
+_MODEL_CACHE_SIZE = 2
+_MODEL_CACHE_LOCK = threading.Lock()
+
+
+def _shared_model(folder: Path, sha256: str, device: torch.device) -> SpexModel:
+    """The checkpoint's model on ``device``, loaded (and sha256-checked) once per
+    process; the lock also keeps concurrent tasks from loading it twice."""
+    key = (str(folder.resolve()), sha256, str(device))
+    with _MODEL_CACHE_LOCK:
+        model = _MODEL_CACHE.get(key)
+        if model is None:
+            model = load_checkpoint(folder, device, expected_sha256=sha256)
+            _MODEL_CACHE[key] = model
+            while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
+                _MODEL_CACHE.popitem(last=False)
+        _MODEL_CACHE.move_to_end(key)
+        return model
+
+
+def clear_model_cache() -> None:
+    """Forget the models shared by unpickled extractors (tests; freeing memory)."""
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE.clear()
 
 
 def apg_instruction(
@@ -82,7 +130,8 @@ def unletterbox(
 
 
 class SpexExtractor:
-    """The SPEX model behind :class:`pipeline.extractor.Extractor`."""
+    """The SPEX model behind :class:`pipeline.extractor.Extractor` (picklable when
+    loaded from a checkpoint; see the module docstring)."""
 
     name = "spex"
 
@@ -96,24 +145,67 @@ class SpexExtractor:
         weights_sha256: str | None = None,
         instruction_fn: InstructionFn = apg_instruction,
         use_autocast: bool = True,
+        checkpoint: str | Path | None = None,
     ) -> None:
+        # The device as asked (None = best available), so an unpickled copy picks again
+        # on the machine it lands on instead of insisting on the planner's GPU.
+        self._device_request = None if device is None else str(device)
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self._model: SpexModel | None = model.to(self.device).eval()
         self.config = model.config
         self.settings = settings or GenerationSettings(max_new_tokens=self.config.max_new_tokens)
         self.batch_size = batch_size
         self.instruction_fn = instruction_fn
         self.use_autocast = use_autocast
         self._sha256 = weights_sha256
+        # Absolute, so a worker whose working directory differs still finds it.
+        self._checkpoint = Path(checkpoint).resolve() if checkpoint is not None else None
+        self._training = read_training(self._checkpoint) if self._checkpoint else None
+        if self._checkpoint is not None and weights_sha256 is None:
+            raise ValueError("an extractor tied to a checkpoint needs its weights sha256")
 
     @classmethod
     def from_checkpoint(
         cls, folder: str | Path, device: str | torch.device | None = None, **kwargs: Any
     ) -> SpexExtractor:
-        """Load a checkpoint folder (see :mod:`model.checkpoint`)."""
-        dev = pick_device(device)
-        model = load_checkpoint(folder, dev)
-        return cls(model, device=dev, weights_sha256=sha256_file(Path(folder) / WEIGHTS), **kwargs)
+        """Load a checkpoint folder (see :mod:`model.checkpoint`) eagerly, so a bad
+        checkpoint fails when the job is planned, before any output is written."""
+        folder = Path(folder)
+        # Hashed before loading (load_checkpoint checks the folder itself), so the
+        # recorded sha256 is never of newer bytes than the weights in memory.
+        sha = sha256_file(folder / WEIGHTS) if (folder / WEIGHTS).is_file() else None
+        model = load_checkpoint(folder, pick_device(device))
+        return cls(model, device=device, weights_sha256=sha, checkpoint=folder, **kwargs)
+
+    @property
+    def model(self) -> SpexModel:
+        """The model, reloaded from the checkpoint on first use after unpickling."""
+        if self._model is None:
+            assert self._checkpoint is not None and self._sha256 is not None
+            self._model = _shared_model(self._checkpoint, self._sha256, self.device)
+        return self._model
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint folder this extractor was loaded from (None: in-memory)."""
+        return self._checkpoint
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._checkpoint is None:
+            raise pickle.PicklingError(
+                "a SpexExtractor built around an in-memory model cannot be pickled (it "
+                "would ship every tensor to every task); save the model with "
+                "model.checkpoint.save_checkpoint(model, folder) and use "
+                "SpexExtractor.from_checkpoint(folder)"
+            )
+        state = dict(self.__dict__)
+        state["_model"] = None
+        state.pop("device")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.device = pick_device(self._device_request)
 
     # -- Extractor protocol -------------------------------------------------------------
     def required_bands(self, target: str) -> tuple[str, ...]:
@@ -180,4 +272,5 @@ class SpexExtractor:
             "generation": asdict(self.settings),
             "apg": "per-tile Otsu (pipeline.apg)",
             "device": self.device.type,
+            **({"training": self._training} if self._training is not None else {}),
         }

@@ -32,13 +32,15 @@ CHATML_TEMPLATE = (
 
 CATEGORIES = ("water", "vegetation", "building")
 SIZES = ("very tiny", "small", "somewhat large", "medium", "large", "very large", "huge")
+# The APG's 3x3 grid names (pipeline.apg.LOCATION_NAMES), so real instructions and
+# the template responses of model.brief_training tokenize as compactly as this corpus.
 LOCATIONS = (
     "top-left",
     "top-center",
     "top-right",
-    "center-left",
+    "middle-left",
     "center",
-    "center-right",
+    "middle-right",
     "bottom-left",
     "bottom-center",
     "bottom-right",

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli_models import models_app
 from pipeline.errors import SpexInputError
 from pipeline.spie.cli import spie_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 
 app.add_typer(spie_app, name="spie")
+app.add_typer(models_app, name="models")
 
 TargetArg = Annotated[str, typer.Argument(help="What to extract: water, vegetation or building.")]
 SensorOpt = Annotated[

@@ -191,3 +191,12 @@ def test_paper_config_builds_with_paper_sizes() -> None:
     fused = model.encode(torch.zeros(1, 6, 512, 512, device="meta"))
     assert fused.shape == (1, 1536, 32, 32)
     assert visual_tokens(fused, model.config.visual_token_budget).shape == (1, 1024, 1536)
+
+
+def test_tokenizer_corpus_speaks_the_apg_vocabulary() -> None:
+    """The tokenizer's synthetic corpus uses the APG's own location and size names."""
+    from model.tokenizer import LOCATIONS, SIZES
+    from pipeline.apg import LOCATION_NAMES, SIZE_CLASSES
+
+    assert set(LOCATIONS) == {name for row in LOCATION_NAMES for name in row}
+    assert set(SIZES) == {name for _, name in SIZE_CLASSES} | {"huge"}

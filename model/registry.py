@@ -1,0 +1,168 @@
+"""The model registry: versioned SPEX checkpoints and which one is the default.
+
+Extraction flows ask for a model by name (``default`` or a version); retraining adds
+versions and promotes one only when it does not regress. One JSON index holds the facts
+an operator needs to trust a version (weights sha256, the hashes of the SPIE subsets it
+was trained on, its configuration, its evaluation table, the date) so that promotion and
+rollback are a matter of moving one pointer.
+
+Layout of a registry folder::
+
+    registry.json              {"default": "v0002-1a2b3c4d", "models": {version: entry}}
+    v0001-0f1e2d3c/            a checkpoint folder (model.safetensors, config.json, tokenizer/)
+    v0002-1a2b3c4d/
+
+Without a promoted version, ``default`` falls back to the weights shipped with the
+project (``model/weights/default``) when they exist, else to the spectral-index extractor
+(``index``): a fresh clone always has a working default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import CheckpointError, read_config, sha256_file
+from pipeline.errors import CatalogError
+from pipeline.locking import output_lock
+from pipeline.outputs.atomic import atomic_write_text, ensure_writable_dir
+
+INDEX_FILE = "registry.json"
+WEIGHTS = "model.safetensors"
+SHIPPED_DEFAULT = Path(__file__).resolve().parent / "weights" / "default"
+DEFAULT_ROOT_ENV = "SPEX_MODEL_REGISTRY"
+
+
+def default_root() -> Path:
+    """The registry folder: ``$SPEX_MODEL_REGISTRY``, else ``<project>/out/models``."""
+    env = os.environ.get(DEFAULT_ROOT_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "out" / "models"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the registry knows about one version."""
+
+    version: str
+    path: str
+    weights_sha256: str
+    config: dict[str, Any]
+    training_data: dict[str, str] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    notes: str = ""
+
+
+class ModelRegistry:
+    """A folder of versioned checkpoints plus the ``default`` pointer; see module doc."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+
+    # -- reading -------------------------------------------------------------------
+
+    def _index(self) -> dict[str, Any]:
+        path = self.root / INDEX_FILE
+        if not path.is_file():
+            return {"default": None, "models": {}}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CatalogError(f"model registry index {path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise CatalogError(f"model registry index {path} lacks a 'models' mapping")
+        return data
+
+    def entries(self) -> list[ModelEntry]:
+        """Every registered version, oldest first."""
+        return [ModelEntry(**e) for _, e in sorted(self._index()["models"].items())]
+
+    def get(self, version: str) -> ModelEntry:
+        models = self._index()["models"]
+        if version not in models:
+            known = ", ".join(sorted(models)) or "none"
+            raise CatalogError(f"no model version {version!r} in {self.root}; known: {known}")
+        return ModelEntry(**models[version])
+
+    def default_version(self) -> str | None:
+        return self._index().get("default")
+
+    def resolve(self, name: str = "default") -> str:
+        """What ``--model NAME`` means: a checkpoint folder path, or ``'index'``.
+
+        ``default`` is the promoted version, else the shipped weights, else ``index``.
+        """
+        if name != "default":
+            return self.get(name).path
+        version = self.default_version()
+        if version is not None:
+            return self.get(version).path
+        if (SHIPPED_DEFAULT / WEIGHTS).is_file():
+            return str(SHIPPED_DEFAULT)
+        return "index"
+
+    # -- writing -------------------------------------------------------------------
+
+    def register(
+        self,
+        checkpoint: str | Path,
+        *,
+        training_data: dict[str, str] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        notes: str = "",
+    ) -> ModelEntry:
+        """Copy a checkpoint folder into the registry as a new version (not promoted)."""
+        source = Path(checkpoint)
+        if not (source / WEIGHTS).is_file():
+            raise CheckpointError(f"{source} is not a checkpoint folder (no {WEIGHTS})")
+        config = read_config(source)
+        sha = sha256_file(source / WEIGHTS)
+        ensure_writable_dir(self.root)
+        with output_lock(self.root, "registry"):
+            index = self._index()
+            number = len(index["models"]) + 1
+            version = f"v{number:04d}-{sha[:8]}"
+            target = self.root / version
+            staging = self.root / f".{version}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            if sha256_file(staging / WEIGHTS) != sha:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise CheckpointError(f"weights of {source} changed while being registered")
+            staging.rename(target)
+            entry = ModelEntry(
+                version=version,
+                path=str(target.resolve()),
+                weights_sha256=sha,
+                config=config.to_dict(),
+                training_data=dict(training_data or {}),
+                evaluation=dict(evaluation or {}),
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                notes=notes,
+            )
+            index["models"][version] = asdict(entry)
+            self._write(index)
+        return entry
+
+    def promote(self, version: str) -> ModelEntry:
+        """Make ``version`` the default; its weights are re-hashed first."""
+        entry = self.get(version)
+        actual = sha256_file(Path(entry.path) / WEIGHTS)
+        if actual != entry.weights_sha256:
+            raise CheckpointError(
+                f"model {version} at {entry.path} has weights sha256 {actual[:12]}..., the "
+                f"registry recorded {entry.weights_sha256[:12]}...: refusing to promote"
+            )
+        with output_lock(self.root, "registry"):
+            index = self._index()
+            index["default"] = version
+            self._write(index)
+        return entry
+
+    def _write(self, index: dict[str, Any]) -> None:
+        atomic_write_text(self.root / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True))
