@@ -20,6 +20,7 @@ from pipeline.extract import (
     ExtractionPlan,
     ExtractionSettings,
     finalise,
+    limit_compute_threads,
     plan_extraction,
     run_batch,
 )
@@ -64,11 +65,13 @@ def extract_scene(
     resume: bool = True,
     dask_address: str | None = None,
     max_workers: int = 2,
+    device: str | None = None,
 ) -> list[dict[str, str | None]]:
     """Extract ``target`` from each scene; returns the output paths of every scene.
 
     ``scene`` is one path (a file, a band-file folder or a Zarr store) or a list of them.
-    ``resume=False`` discards finished tiles and recomputes everything.
+    ``resume=False`` discards finished tiles and recomputes everything. ``device``
+    ('cpu', 'cuda', ...) is where a model extractor runs (default: CUDA when present).
     """
     logger = get_run_logger()
     scenes = [scene] if isinstance(scene, str) else list(scene)
@@ -81,6 +84,7 @@ def extract_scene(
         overlap=overlap,
         batch_size=batch_size,
         formats=tuple(formats or ("cog",)),
+        device=device,
         force=not resume,
     )
     results = []
@@ -93,6 +97,8 @@ def extract_scene(
             " (already complete)" if plan.done else "",
         )
         if batches:
+            if not dask_address:
+                limit_compute_threads(max_workers)
             runner = _task_runner(dask_address, max_workers)
             extract_tiles.with_options(task_runner=runner)(plan, batches)
         paths = finalise(plan)
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--formats", default="cog")
     parser.add_argument("--dask-address")
+    parser.add_argument("--device")
     args = parser.parse_args(argv)
     results = extract_scene(
         scene=args.scene or DEFAULT_SCENE,
@@ -134,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         overlap=args.overlap,
         formats=args.formats.split(","),
         dask_address=args.dask_address,
+        device=args.device,
     )
     for paths in results:
         print(json.dumps(paths))

@@ -164,7 +164,11 @@ def extract(
     scenes: Annotated[list[Path], typer.Argument(help="One or more scenes.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("out"),
     model: Annotated[
-        str, typer.Option("--model", help="'index', 'index-tile', 'default' or a checkpoint path.")
+        str,
+        typer.Option(
+            "--model",
+            help="'index', 'index-tile', 'default', a registered version or a checkpoint path.",
+        ),
     ] = "default",
     sensor: SensorOpt = None,
     bands: BandsOpt = None,
@@ -177,6 +181,9 @@ def extract(
     force: Annotated[
         bool, typer.Option("--force/--resume", help="Recompute everything / resume (default).")
     ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if any).")
+    ] = None,
 ) -> None:
     """Extract TARGET from whole scenes into COG, STAC, quicklook and report files.
 
@@ -195,6 +202,7 @@ def extract(
         overlap=overlap,
         batch_size=batch_size,
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+        device=device,
         force=force,
     )
     for scene in scenes:
