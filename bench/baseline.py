@@ -4,8 +4,9 @@ This is the bar a learned extractor has to clear (shared/data/README.md: "worth 
 only where it clearly beats these figures"), so it is measured the way the README table
 was, and recomputed from the scenes rather than copied:
 
-- scenes are opened with :func:`pipeline.scene.open_scene` (catalog radiometry, canonical
-  band codes, NaN nodata), labels with rasterio on the same grid (checked);
+- sets, scenes, labels and class -> target mappings come from the data-set catalogs
+  (``catalogs/datasets``) through the SPIE readers (catalog radiometry, canonical band
+  codes, NaN nodata; labels on the image grid, checked there);
 - the target's index comes from ``catalogs/targets.yaml`` (NDVI vegetation, NDWI water,
   NDBI building), the side of the threshold too;
 - **threshold: Otsu over the valid pixels (finite index) of the labelled area** of each
@@ -30,66 +31,27 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 
 from pipeline.apg import binary_mask, otsu_threshold
-from pipeline.indices import compute_index
+from pipeline.indices import index_from_stack
 from pipeline.metrics import ConfusionMatrix
-from pipeline.scene import open_scene
+from pipeline.spie.catalog import DatasetSpec, load_dataset
+from pipeline.spie.readers import Item, discover, open_image, read_class_ids, target_mask
 from pipeline.targets import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
-@dataclass(frozen=True)
-class LabelledSet:
-    """How to read one labelled set: its scenes, label raster and class -> target mapping."""
+# The labelled sets of ../shared/data, in the README table's order. Every fact about them
+# (file layout, band naming, sensor, class id -> target mapping, unlabelled classes) comes
+# from their data-set catalogs (catalogs/datasets/<name>.yaml) through the SPIE readers.
+SETS: tuple[str, ...] = ("l7-raleigh", "s2-l1c-berlin", "landsat-gewata", "s2-l1c-slovenia")
 
-    scenes: tuple[str, ...]  # paths relative to the set folder (file or band folder)
-    labels: str
-    classes: dict[str, tuple[int, ...]]  # target -> label class ids
-    unlabelled: tuple[int, ...] = ()  # class ids meaning "no label" (besides nodata)
-    open_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-# Class -> target mapping of shared/data/README.md. TEMPORARY HOME: the data-set catalogs
-# of the SPIE issue (catalogs/datasets/*.yaml) will own these facts (and the band naming
-# of each file); this dict goes away when they exist.
-DATASETS: dict[str, LabelledSet] = {
-    "l7-raleigh": LabelledSet(
-        scenes=("landsat_multiband.tif",),
-        labels="strata.tif",
-        classes={"vegetation": (2, 3, 4, 5), "water": (6,), "building": (1,)},
-        # float32 DN without band names: the catalog notes say to name bands 1-5 so
-        open_kwargs={"sensor": "landsat7-etm-dn", "bands": ["B1", "B2", "B3", "B4", "B5"]},
-    ),
-    "s2-l1c-berlin": LabelledSet(
-        scenes=("IMG_DATA",),
-        labels="osm_labels_10m.tif",
-        classes={"vegetation": (1, 2, 3, 4, 5), "water": (7,), "building": (8,)},
-        unlabelled=(0,),
-        open_kwargs={"sensor": "sentinel2-l1c"},
-    ),
-    "landsat-gewata": LabelledSet(
-        scenes=("gewata_landsat_b1234567.tif",),
-        labels="lulcGewata.tif",
-        classes={"vegetation": (1, 2, 4, 5)},
-        open_kwargs={"sensor": "landsat-sr-x10000"},
-    ),
-    "s2-l1c-slovenia": LabelledSet(
-        scenes=tuple(f"S2L1C_ref_scene{i}.tif" for i in range(5)),
-        labels="LULC.tif",
-        classes={"vegetation": (1, 2, 3, 4), "building": (8,)},
-        unlabelled=(0,),  # eo-learn LULC 0 = "no data"
-        open_kwargs={"sensor": "sentinel2-l1c-reflectance"},
-    ),
-}
 
 # The README's table, for the side-by-side column (IoU, F1).
 README_FIGURES: dict[tuple[str, str], tuple[float, float]] = {
@@ -103,32 +65,24 @@ README_FIGURES: dict[tuple[str, str], tuple[float, float]] = {
 TOLERANCE = 0.01
 
 
-def _read_labels(path: Path, shape: tuple[int, int], transform: Any) -> np.ndarray:
-    """Labels as float64 with NaN for nodata; refuses a grid other than the scene's."""
-    with rasterio.open(path) as src:
-        if (src.height, src.width) != shape:
-            raise SystemExit(f"{path}: label grid {src.height}x{src.width} != scene {shape}")
-        if not np.allclose(tuple(src.transform)[:6], tuple(transform)[:6], atol=1e-6):
-            raise SystemExit(f"{path}: label transform {src.transform} != scene {transform}")
-        labels = src.read(1).astype(np.float64)
-        if src.nodata is not None:
-            labels[labels == src.nodata] = np.nan
-    return labels
+def _scene_eval(spec: DatasetSpec, item: Item) -> dict[str, dict[str, Any]]:
+    """Per target: confusion matrices (labelled-area and scene-wide Otsu) of one image.
 
-
-def _scene_eval(scene_path: Path, spec: LabelledSet, label_path: Path) -> dict[str, dict[str, Any]]:
-    """Per target: confusion matrices (labelled-area and scene-wide Otsu) of one scene."""
-    scene = open_scene(scene_path, **spec.open_kwargs)
-    shape = (scene.sizes["y"], scene.sizes["x"])
-    labels = _read_labels(label_path, shape, scene.rio.transform())
-    labelled = np.isfinite(labels) & ~np.isin(labels, spec.unlabelled)
+    The image is opened and the labels are read onto its grid by the SPIE readers (the
+    catalog's sensor, band naming and label layout; a label grid other than the
+    image's is refused there), and the truth mask is the catalog's class -> target
+    mapping with nodata and unlabelled classes as 255."""
+    image = open_image(spec, item)
+    stack = image.read(0, 0, max(image.height, image.width))[:, : image.height, : image.width]
+    ids = read_class_ids(spec, item, image)
     out: dict[str, dict[str, Any]] = {}
-    for target, class_ids in spec.classes.items():
+    for target in spec.targets:
         t = load_target(target)
-        index = compute_index(t.index, scene).values
+        index = np.asarray(index_from_stack(t.index, stack, image.bands, sensor=spec.sensor_name))
         valid = np.isfinite(index)
-        truth = np.isin(labels, class_ids).astype(np.uint8)
-        entry: dict[str, Any] = {"index": t.index, "sensor": scene.attrs.get("sensor")}
+        truth = target_mask(ids, spec, target)
+        labelled = truth != 255
+        entry: dict[str, Any] = {"index": t.index, "sensor": spec.sensor_name}
         for mode, region in (("labelled", valid & labelled), ("scene", valid)):
             threshold = otsu_threshold(index[region])
             pred = binary_mask(index, threshold, t.side)
@@ -145,14 +99,16 @@ def _r(value: float | None, digits: int = 6) -> float | None:
 def run(data: Path) -> list[dict[str, Any]]:
     """One row per (set, target): metrics, thresholds and the README figure if any."""
     rows: list[dict[str, Any]] = []
-    for name, spec in DATASETS.items():
+    for name in SETS:
+        spec = load_dataset(name)
         folder = data / name
         if not folder.is_dir():
             print(f"skip {name}: {folder} not found", file=sys.stderr)
             continue
         per_target: dict[str, dict[str, Any]] = {}
-        for scene in spec.scenes:
-            result = _scene_eval(folder / scene, spec, folder / spec.labels)
+        for item in discover(spec, folder):
+            scene = item.id
+            result = _scene_eval(spec, item)
             for target, entry in result.items():
                 acc = per_target.setdefault(
                     target,

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli_models import models_app
+from pipeline.cli_train import eval_command, train_command
 from pipeline.errors import SpexInputError
 from pipeline.spie.cli import spie_app
 
@@ -27,6 +28,8 @@ app = typer.Typer(
 
 app.add_typer(spie_app, name="spie")
 app.add_typer(models_app, name="models")
+app.command("train")(train_command)
+app.command("eval")(eval_command)
 
 TargetArg = Annotated[str, typer.Argument(help="What to extract: water, vegetation or building.")]
 SensorOpt = Annotated[

@@ -1,0 +1,93 @@
+"""Prefect flow ``train-spex``: the staged SPEX training as sub-flows.
+
+config file -> stage 0 (MVPNet) -> stage 1 (text) -> stage 2 (text + mask), each a
+sub-flow over :mod:`model.training.stages`; every epoch is checkpointed by the library,
+so re-running the flow (or a retry) resumes where an interruption stopped it. Losses go
+to the run log per epoch and to a table artifact per stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from model.training.config import load_config
+from model.training.stages import STAGES, final_model, finished, load_state, stage_dir
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def _stage(n: int, config: str, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    cfg = load_config(config, **overrides)
+    logger = get_run_logger()
+    if finished(cfg, n):
+        logger.info("stage %d already finished in %s; skipped", n, stage_dir(cfg, n))
+        state = load_state(stage_dir(cfg, n))
+        return list(state["history"]) if state else []
+
+    def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+        logger.info("stage %d epoch %d/%d: %s", n, epoch, cfg.stage(n).epochs, record)
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        history = STAGES[n](cfg, None, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+    create_table_artifact(
+        key=f"{_slug(cfg.out)}-stage{n}-losses", table=history,
+        description=f"stage {n} per-epoch losses ({cfg.out})",
+    )
+    return history
+
+
+@flow(name="train-spex-stage0")
+def stage0_flow(config: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Visual pre-training (MVPNet)."""
+    return _stage(0, config, overrides or {})
+
+
+@flow(name="train-spex-stage1")
+def stage1_flow(config: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Encoder + MSAM + LLM on the text loss."""
+    return _stage(1, config, overrides or {})
+
+
+@flow(name="train-spex-stage2")
+def stage2_flow(config: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """LLM frozen; text CE + BCE + Dice."""
+    return _stage(2, config, overrides or {})
+
+
+SUBFLOWS = {0: stage0_flow, 1: stage1_flow, 2: stage2_flow}
+
+
+@flow(name="train-spex")
+def train_spex(
+    config: str = "model/training/configs/tiny.yaml",
+    out: str | None = None,
+    spie: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Run the configured stages; returns the final checkpoint folder and histories."""
+    overrides = {k: v for k, v in {"out": out, "spie": spie, "seed": seed}.items() if v}
+    cfg = load_config(config, **overrides)
+    histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
+    checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None
+    lines = [f"# train-spex: {cfg.out}", "", f"final checkpoint: `{checkpoint}`", ""]
+    for n, hist in histories.items():
+        if hist:
+            lines.append(f"- stage {n}: {len(hist)} epochs, first loss {hist[0]['loss']}, "
+                         f"last loss {hist[-1]['loss']}")
+    create_markdown_artifact(key=f"{_slug(cfg.out)}-summary", markdown="\n".join(lines))
+    return {"checkpoint": checkpoint, "histories": {str(k): v for k, v in histories.items()}}
+
+
+if __name__ == "__main__":
+    train_spex()

@@ -1,0 +1,59 @@
+"""The shipped default weights load through the pipeline and extract on the bundled
+Sentinel-2 sample; the shipped MVPNet baseline loads and predicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "model" / "weights" / "spex-tiny"
+MVPNET = REPO / "model" / "weights" / "mvpnet"
+SAMPLE = REPO / "samples" / "s2_l1c_berlin_20170216.tif"
+
+pytestmark = pytest.mark.skipif(
+    not (WEIGHTS / "model.safetensors").is_file(), reason="default weights not present"
+)
+
+
+def test_default_weights_size_and_record():
+    total = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20
+    from model.checkpoint import read_training
+
+    record = read_training(WEIGHTS)
+    assert record is not None and record["kind"] == "spex-staged"
+
+
+def test_default_weights_extract_sample(tmp_path):
+    from model.inference import SpexExtractor
+    from pipeline.extract import ExtractionSettings, load_extractor, run_extraction
+
+    extractor = load_extractor(str(WEIGHTS))
+    assert isinstance(extractor, SpexExtractor)
+    assert extractor.provenance()["training"]["kind"] == "spex-staged"
+    settings = ExtractionSettings(target="water", model=str(WEIGHTS), tile=256, overlap=32,
+                                  batch_size=8)
+    paths = run_extraction(SAMPLE, settings, tmp_path)
+    with rasterio.open(paths["mask"]) as src:
+        mask = src.read(1)
+    assert set(np.unique(mask)) <= {0, 1, 255}
+    assert mask.shape == (768, 768) and np.mean(mask == 255) < 0.01  # quality: docs/evaluation.md
+
+
+def test_mvpnet_weights_predict_sample():
+    from model.training.mvpnet import MVPNetExtractor
+    from pipeline.extractor import TileBatch
+    from pipeline.scene import open_scene
+
+    if not (MVPNET / "mvpnet.json").is_file():
+        pytest.skip("MVPNet weights not present")
+    scene = open_scene(SAMPLE)
+    px = np.asarray(scene.isel(y=slice(0, 128), x=slice(0, 128)).values, dtype=np.float32)
+    bands = tuple(str(b) for b in scene["band"].values)
+    batch = TileBatch(px[None], np.isfinite(px).all(axis=0)[None], bands, "vegetation")
+    prob = MVPNetExtractor.from_folder(MVPNET).predict(batch).probability
+    assert prob.shape == (1, 128, 128) and np.all((prob >= 0) & (prob <= 1))
