@@ -63,6 +63,7 @@ class PrefectServer:
             "SPEX_PROJECT_DIR": str(REPO),
             "DO_NOT_TRACK": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "COLUMNS": "400",  # the CLI's tables truncate names to the terminal width
         }
         self.process = subprocess.Popen(
             [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
