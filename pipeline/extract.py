@@ -216,16 +216,22 @@ def _fingerprint(payload: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=8)
-def _open_cached(source: str | tuple[str, ...], open_json: str) -> xr.DataArray:
-    """One lazy scene per process and job, shared by the batches a worker runs."""
+def _open_cached(
+    source: str | tuple[str, ...], open_json: str, identity_json: str
+) -> xr.DataArray:
+    """One lazy scene per process and input: the batches a worker runs share it, and a
+    file replaced under the same name (``identity_json`` changes) is opened afresh."""
     kwargs = json.loads(open_json)
     src: str | list[str] = list(source) if isinstance(source, tuple) else source
     return open_scene(src, **kwargs)
 
 
-def _open(plan: ExtractionPlan) -> xr.DataArray:
-    source = tuple(plan.source) if isinstance(plan.source, list) else plan.source
-    return _open_cached(source, json.dumps(plan.open_kwargs, sort_keys=True))
+def _open(source: str | list[str], open_kwargs: dict[str, Any]) -> xr.DataArray:
+    return _open_cached(
+        tuple(source) if isinstance(source, list) else source,
+        json.dumps(open_kwargs, sort_keys=True),
+        json.dumps(_source_identity(source), sort_keys=True),
+    )
 
 
 def plan_extraction(
@@ -247,9 +253,7 @@ def plan_extraction(
         open_kwargs["bands"] = list(settings.bands)
     # The same cached lazy scene the batches of this process use: opened (and its
     # per-scene radiometry computed) once.
-    scene = _open_cached(
-        tuple(src) if isinstance(src, list) else src, json.dumps(open_kwargs, sort_keys=True)
-    )
+    scene = _open(src, open_kwargs)
     extractor = extractor or load_extractor(
         settings.model, settings.threshold_mode, settings.device
     )
@@ -311,7 +315,7 @@ def _is_done(plan: ExtractionPlan) -> bool:
 
 def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
     """Compute and store the given tiles; returns how many were written."""
-    scene = _open(plan)
+    scene = _open(plan.source, plan.open_kwargs)
     store = TileStore.open(plan.store_path, plan.fingerprint)
     tiles = [plan.grid[i] for i in tile_indices]
     bands = tuple(str(b) for b in scene["band"].values)
@@ -401,7 +405,7 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     store.finalise(
         outputs.mask, outputs.probability, plan.settings.threshold, tags=_tags(plan)
     )
-    scene = _open(plan)
+    scene = _open(plan.source, plan.open_kwargs)
     if outputs.zarr is not None:
         _write_zarr(outputs, plan)
     with atomic_path(outputs.quicklook) as tmp:
