@@ -26,8 +26,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-import yaml
 
+from pipeline.catalog_io import read_catalog_yaml
 from pipeline.errors import CatalogError, MissingBandError
 
 __all__ = [
@@ -86,12 +86,7 @@ class IndexDef:
 def load_index_catalog() -> dict[str, IndexDef]:
     """Read ``catalogs/indices.yaml`` once; malformed entries raise :class:`CatalogError`."""
     resource = files("catalogs").joinpath("indices.yaml")
-    try:
-        raw = yaml.safe_load(resource.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"cannot read index catalog {resource}: {exc}") from exc
-    if not isinstance(raw, dict) or not raw:
-        raise CatalogError(f"index catalog {resource} is empty or not a mapping")
+    raw = read_catalog_yaml(resource, "index")
     catalog: dict[str, IndexDef] = {}
     for name, entry in raw.items():
         if not isinstance(entry, dict) or not {"a", "b"} <= entry.keys():

@@ -31,10 +31,10 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from pipeline.catalog_io import read_catalog_yaml
 from pipeline.errors import CatalogError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -388,10 +388,7 @@ def load_region(name_or_path: str | Path, roots: Roots | None = None,
     path = text_path if text_path.suffix in (".yaml", ".yml") else region_path(
         str(name_or_path), catalog_dir)
     where = path.name
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"{path}: cannot read region catalog ({exc})") from exc
+    raw = read_catalog_yaml(path, "region")
     _expect(raw, {"name", "title", "aoi", "targets", "sensor", "scenes", "output", "schedule",
                   "extraction", "resolution", "max_concurrent"},
             {"name", "aoi", "targets", "scenes", "output", "schedule"}, where)

@@ -15,8 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.catalog_io import read_catalog_yaml
 from pipeline.errors import CatalogError
 
 #: Canonical band codes (Awesome Spectral Indices convention) and what they are called in
@@ -204,14 +203,7 @@ def load_sensor_file(path: str | Path) -> Sensor:
     """Parse and validate one catalog file (public so malformed files can be tested)."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CatalogError(f"{where}: cannot read sensor catalog ({exc})") from exc
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{where}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: a sensor catalog must be a mapping of keys")
+    raw = read_catalog_yaml(path, "sensor")
     for key in _SENSOR_KEYS:
         _require(raw, key, where)
     name = str(raw["name"])

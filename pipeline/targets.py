@@ -16,8 +16,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Literal
 
-import yaml
-
+from pipeline.catalog_io import read_catalog_yaml
 from pipeline.errors import CatalogError, MissingBandError
 from pipeline.indices import load_index, require_bands
 
@@ -40,12 +39,7 @@ class Target:
 def load_targets() -> dict[str, Target]:
     """Read and validate ``catalogs/targets.yaml`` once."""
     resource = files("catalogs").joinpath("targets.yaml")
-    try:
-        raw = yaml.safe_load(resource.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"cannot read target catalog {resource}: {exc}") from exc
-    if not isinstance(raw, dict) or not raw:
-        raise CatalogError(f"target catalog {resource} is empty or not a mapping")
+    raw = read_catalog_yaml(resource, "target")
     targets: dict[str, Target] = {}
     for name, entry in raw.items():
         if not isinstance(entry, dict) or "index" not in entry:

@@ -20,8 +20,7 @@ from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
+from pipeline.catalog_io import read_catalog_yaml
 from pipeline.errors import CatalogError
 from pipeline.sensors import Sensor, list_sensors, load_sensor
 from pipeline.spie.errors import DatasetError
@@ -305,14 +304,7 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
     """Parse and validate one data-set YAML file (public so malformed files can be tested)."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CatalogError(f"{where}: cannot read data-set catalog ({exc})") from exc
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{where}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: a data-set catalog must be a mapping of keys")
+    raw = read_catalog_yaml(path, "data-set")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
