@@ -44,6 +44,8 @@ class StageConfig:
     accumulate: int = 1
     lr_vision: float = 1e-4
     lr_llm: float = 1e-5
+    # Mask branch (MSAM decoder projection, TCP, SAM decoder); None = lr_vision.
+    lr_decoder: float | None = None
     weight_decay: float = 1e-5
     warmup_steps: int = 10
     max_steps_per_epoch: int | None = None

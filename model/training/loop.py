@@ -41,8 +41,10 @@ def cosine_factor(step: int, warmup: int, total: int) -> float:
 def build_optimizer(
     groups: dict[str, list[nn.Parameter]], cfg: StageConfig
 ) -> torch.optim.AdamW:
-    """AdamW with the paper's split: 'vision' at ``lr_vision``, 'llm' at ``lr_llm``."""
-    lrs = {"vision": cfg.lr_vision, "llm": cfg.lr_llm}
+    """AdamW with the paper's split: 'vision' at ``lr_vision``, 'llm' at ``lr_llm``, and
+    the mask branch ('decoder') at ``lr_decoder`` (``lr_vision`` when unset)."""
+    lr_dec = cfg.lr_vision if cfg.lr_decoder is None else cfg.lr_decoder
+    lrs = {"vision": cfg.lr_vision, "decoder": lr_dec, "llm": cfg.lr_llm}
     params = [
         {"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items() if ps
     ]

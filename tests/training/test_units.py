@@ -53,3 +53,28 @@ def test_cosine_schedule():
     assert cosine_factor(0, 10, 100) == pytest.approx(0.1)
     assert cosine_factor(10, 10, 100) == pytest.approx(1.0)
     assert cosine_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_stage2_mask_branch_has_its_own_learning_rate():
+    """Stage 2: encoder + MSAM trunk at lr_vision, mask branch (MSAM decoder projection,
+    TCP, SAM decoder) at lr_decoder; nothing trainable is left out of the optimizer."""
+    from model.config import tiny
+    from model.spex import SpexModel
+    from model.stages import set_stage, trainable_groups
+    from model.training.config import StageConfig
+    from model.training.loop import build_optimizer
+
+    model = SpexModel(tiny(bands=("B", "G", "R", "N", "S1")))
+    trainable = set_stage(model, 2)
+    groups = trainable_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in groups["decoder"]} == {"msam", "tcp", "decoder"}
+    assert all(names[id(p)].startswith("msam.to_decoder.") or not names[id(p)].startswith("msam.")
+               for p in groups["decoder"])
+    assert {names[id(p)].split(".")[0] for p in groups["vision"]} == {"encoder", "msam"}
+    assert sum(len(v) for v in groups.values()) == len(trainable)
+    opt = build_optimizer(groups, StageConfig(lr_vision=3e-4, lr_decoder=1e-3))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"vision": 3e-4, "decoder": 1e-3}
+    assert {g["name"]: g["lr"] for g in build_optimizer(groups, StageConfig(lr_vision=2e-4))
+            .param_groups} == {"vision": 2e-4, "decoder": 2e-4}
