@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import BANDS4, GEN, SIZE, build
 from transformers import ConvNextBackbone, ConvNextConfig, Qwen2Config, Qwen2ForCausalLM
 
 from model.checkpoint import (
@@ -21,24 +22,15 @@ from model.checkpoint import (
 )
 from model.config import tiny
 from model.inference import SpexExtractor
-from model.llm import GenerationSettings
 from model.sam_decoder import SpexMaskDecoder
 from model.spex import SpexModel
 from model.tokenizer import train_tokenizer
 from pipeline.errors import SpexInputError
 from pipeline.extractor import Extractor, TileBatch
 
-BANDS4 = ("B", "G", "R", "N")
-SIZE = 64
-GEN = GenerationSettings(max_new_tokens=6)
 # Batched and single runs pad prompts differently (left padding), so float sums differ
 # in the last bits; masks must agree to this absolute tolerance on probabilities.
 BATCH_TOL = 1e-5
-
-
-def build(bands: tuple[str, ...] = BANDS4, **kw) -> SpexModel:
-    torch.manual_seed(0)
-    return SpexModel(tiny(bands=bands, input_size=SIZE, **kw)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import BANDS4, GEN, SIZE, build
 
 from model.config import SpexConfig, tiny
 from model.encoder import STRIDES
@@ -16,15 +17,7 @@ from model.stages import set_stage
 from model.tcp import pool_tokens
 from model.tokenizer import IM_END, IM_START, train_tokenizer
 
-BANDS4 = ("B", "G", "R", "N")
 BANDS13 = ("A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2")
-SIZE = 64
-GEN = GenerationSettings(max_new_tokens=6)
-
-
-def build(bands: tuple[str, ...] = BANDS4, **kw) -> SpexModel:
-    torch.manual_seed(0)
-    return SpexModel(tiny(bands=bands, input_size=SIZE, **kw)).eval()
 
 
 @pytest.fixture(scope="module")

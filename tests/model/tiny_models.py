@@ -1,0 +1,19 @@
+"""The small seeded SPEX models the model tests build (one definition for every file)."""
+
+from __future__ import annotations
+
+import torch
+
+from model.config import tiny
+from model.llm import GenerationSettings
+from model.spex import SpexModel
+
+BANDS4 = ("B", "G", "R", "N")
+SIZE = 64
+GEN = GenerationSettings(max_new_tokens=6)
+
+
+def build(bands: tuple[str, ...] = BANDS4, **kw) -> SpexModel:
+    """A tiny SPEX at 64 px input, seeded so every test sees the same weights."""
+    torch.manual_seed(0)
+    return SpexModel(tiny(bands=bands, input_size=SIZE, **kw)).eval()
