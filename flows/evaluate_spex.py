@@ -17,16 +17,19 @@ from model.training.evaluate import METHODS, iou_table, markdown_table, run_eval
 @flow(name="evaluate-spex")
 def evaluate_spex(
     spie: str = "out/spie",
-    spex: str | None = "model/weights/spex-tiny",
+    spex: str | None = "model/weights/default",
     mvpnet: str | None = "model/weights/mvpnet",
     split: str = "test",
     out_dir: str = "out/eval",
     methods: list[str] | None = None,
+    per_target: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the given weights against index + Otsu on ``split``."""
+    """Evaluate the given weights against index + Otsu on ``split``; ``per_target``
+    maps target -> checkpoint of a per-target model (method ``spex-per-target``)."""
     logger = get_run_logger()
     result = run_evaluation(spie, out_dir, spex=spex, mvpnet=mvpnet, split=split,
-                            methods=tuple(methods or METHODS), progress=logger.info)
+                            methods=tuple(methods or METHODS), progress=logger.info,
+                            per_target=per_target)
     rows = result["rows"]
     create_markdown_artifact(
         key=f"evaluate-spex-{split}",

@@ -14,7 +14,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from model.training.config import load_config
-from model.training.stages import STAGES, final_model, finished, load_state, stage_dir
+from model.training.stages import (
+    STAGES,
+    final_model,
+    finished,
+    load_state,
+    per_target_overrides,
+    stage_dir,
+)
 
 
 def _slug(text: str) -> str:
@@ -74,9 +81,17 @@ def train_spex(
     out: str | None = None,
     spie: str | None = None,
     seed: int | None = None,
+    targets: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run the configured stages; returns the final checkpoint folder and histories."""
-    overrides = {k: v for k, v in {"out": out, "spie": spie, "seed": seed}.items() if v}
+    """Run the configured stages; returns the final checkpoint folder and histories.
+    ``targets``: train the per-target variant instead (stage 2 on those targets only,
+    from the run's stage-1 checkpoint; ``spex train --target``)."""
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"out": out, "spie": spie, "seed": seed}.items() if v
+    }
+    if targets:
+        per_target = per_target_overrides(load_config(config, **overrides), targets)
+        overrides |= {**per_target, "out": out or per_target["out"]}
     cfg = load_config(config, **overrides)
     histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
     checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None

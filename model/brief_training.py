@@ -218,6 +218,7 @@ def _train(
             [e.response for e in batch],
             masks=torch.where(valid, masks, 0).float(),
             mask_valid=valid,
+            targets=[s.target] * len(batch),
         )
         opt.zero_grad(set_to_none=True)
         out_.loss.backward()

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 DEFAULT_BANDS: tuple[str, ...] = ("B", "G", "R", "N", "S1", "S2")
+#: The targets of catalogs/targets.yaml (a test keeps the two equal).
+DEFAULT_TARGETS: tuple[str, ...] = ("water", "vegetation", "building")
 
 SYSTEM_PROMPT = (
     "You are a remote sensing assistant. You describe land-cover regions in "
@@ -72,6 +74,9 @@ class DecoderConfig:
     mlp_dim: int = 256
     iou_head_hidden_dim: int = 64
     pretrained_path: str | None = None
+    # Add the encoder's stride-4/8 maps to the upscaled mask features (model/detail.py).
+    # Off by default so that checkpoints written before it existed load unchanged.
+    detail_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class SpexConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
+    # Targets with a learned SAM prompt token of their own (model/target_token.py); empty:
+    # no target token (checkpoints written before it existed).
+    prompt_targets: tuple[str, ...] = ()
     loss_text: float = 1.0
     loss_bce: float = 2.0
     loss_dice: float = 1.0
@@ -136,8 +144,11 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 def tiny(bands: tuple[str, ...] = DEFAULT_BANDS, **overrides: Any) -> SpexConfig:
     """CPU default: a small ConvNeXt (widths 16-128), a ~1.5M-parameter Qwen2, a SAM
-    decoder of width 64, 128 px inputs. Trains and runs on 2 cores."""
-    return replace(SpexConfig(name="tiny", bands=tuple(bands)), **overrides)
+    decoder of width 64 with the fine-detail path and target tokens, 128 px inputs.
+    Trains and runs on 2 cores."""
+    cfg = SpexConfig(name="tiny", bands=tuple(bands), prompt_targets=DEFAULT_TARGETS,
+                     decoder=DecoderConfig(detail_features=True))
+    return replace(cfg, **overrides)
 
 
 def paper(

@@ -46,6 +46,7 @@ from model.checkpoint import (
 from model.llm import GenerationSettings
 from model.spex import SpexModel
 from model.timing import stage_timer
+from pipeline.errors import SpexInputError
 from pipeline.extractor import TileBatch, TileResult
 
 # (tile pixels (C, H, W) with NaN at nodata, band codes, target, valid (H, W)) -> text
@@ -209,7 +210,15 @@ class SpexExtractor:
 
     # -- Extractor protocol -------------------------------------------------------------
     def required_bands(self, target: str) -> tuple[str, ...]:
-        """The checkpoint's input bands (the APG may use further bands when present)."""
+        """The checkpoint's input bands (the APG may use further bands when present).
+        Called when a job is planned, so a target the model has no prompt token for is
+        refused before any output exists."""
+        known = tuple(self.config.prompt_targets)
+        if known and target not in known:
+            raise SpexInputError(
+                f"model {self.checkpoint or '(in memory)'} was trained for targets "
+                f"{list(known)}, not {target!r}"
+            )
         return tuple(self.config.bands)
 
     def fit_scene(self, scene: Any, target: str) -> None:
@@ -237,7 +246,7 @@ class SpexExtractor:
         for start in range(0, b, self.batch_size):
             stop = min(b, start + self.batch_size)
             x = torch.from_numpy(pixels[start:stop]).to(self.device)
-            p, t = self._run(x, instructions[start:stop], (h, w), timings)
+            p, t = self._run(x, instructions[start:stop], batch.target, (h, w), timings)
             probs[start:stop] = p
             texts.extend(t)
         probs[~batch.valid] = 0.0
@@ -247,12 +256,14 @@ class SpexExtractor:
         self,
         x: torch.Tensor,
         instructions: list[str],
+        target: str,
         out: tuple[int, int],
         timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         padded, content = letterbox(x, self.config.input_size)
         with autocast_for(self.device, self.use_autocast):
-            pred = self.model.infer(padded, instructions, self.settings, timings)
+            pred = self.model.infer(padded, instructions, self.settings, timings,
+                                    targets=[target] * len(instructions))
         logits = unletterbox(pred.mask_logits.float(), content, out)
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32), pred.texts
 

@@ -75,7 +75,10 @@ class BatchedMaskDecoder(MaskDecoder):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        detail: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``detail``: optional (B, dim/8, 4h, 4w) features added to the upscaled
+        embedding before the hypernetwork product (model/detail.py)."""
         b = image_embeddings.shape[0]
         if sparse_prompt_embeddings.shape[0] != b:
             raise ValueError(
@@ -93,6 +96,8 @@ class BatchedMaskDecoder(MaskDecoder):
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        if detail is not None:
+            upscaled = upscaled + detail.to(upscaled.dtype)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
@@ -135,18 +140,23 @@ class SpexMaskDecoder(nn.Module):
             params.extend(mlp.parameters())
         return params
 
-    def forward(self, image_embedding: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        sparse: torch.Tensor,
+        detail: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, _, h, w = image_embedding.shape
         image_pe = self.pe_layer((h, w)).unsqueeze(0).to(image_embedding.dtype)
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
-        masks, _ = self.mask_decoder(
+        masks, _ = self.mask_decoder.predict_masks(
             image_embeddings=image_embedding,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse.to(image_embedding.dtype),
             dense_prompt_embeddings=dense.to(image_embedding.dtype),
-            multimask_output=False,
+            detail=detail,
         )
-        return masks
+        return masks[:, :1]  # SAM's single-mask output (multimask_output=False)
 
     def load_sam_checkpoint(self, path: str | Path) -> None:
         """Load the decoder (``mask_decoder.*``) and, when present, the no-mask embedding

@@ -8,6 +8,7 @@ of input in training and at inference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,10 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import SpexConfig
+from model.detail import DetailFusion
 from model.encoder import VisionEncoder
 from model.llm import GenerationSettings, LanguageModel
 from model.msam import MSAM, visual_tokens
 from model.sam_decoder import SpexMaskDecoder
+from model.target_token import TargetTokens
 from model.tcp import TokenCompressionProjector
 from model.timing import stage_timer
 
@@ -59,6 +62,13 @@ class SpexModel(nn.Module):
         self.decoder = SpexMaskDecoder(
             d_dec, dc.depth, dc.num_heads, dc.mlp_dim, dc.iou_head_hidden_dim
         )
+        # The fine-detail path (HQ-SAM-style): SAM's upscaled features are dim/8 wide.
+        self.detail = (
+            DetailFusion(self.encoder.channels[:2], d_dec // 8) if dc.detail_features else None
+        )
+        self.target_tokens = (
+            TargetTokens(cfg.prompt_targets, d_dec) if cfg.prompt_targets else None
+        )
         if dc.pretrained_path:
             self.decoder.load_sam_checkpoint(dc.pretrained_path)
         if cfg.encoder.pretrained_path:
@@ -68,21 +78,41 @@ class SpexModel(nn.Module):
         self.config = cfg
 
     # -- shared pieces ------------------------------------------------------------------
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> fused stride-16 map (B, D_llm, S/16, S/16)."""
+    def encode_maps(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(B, C, S, S) -> (the encoder's 4 maps, fused stride-16 map (B, D_llm, S/16, S/16))."""
         if pixels.shape[1] != self.config.num_bands:
             raise ValueError(
                 f"model expects {self.config.num_bands} bands {self.config.bands}, "
                 f"got {pixels.shape[1]} channels"
             )
-        return self.msam(self.encoder(pixels))
+        maps = self.encoder(pixels)
+        return maps, self.msam(maps)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> fused stride-16 map (B, D_llm, S/16, S/16)."""
+        return self.encode_maps(pixels)[1]
 
     def decode_mask(
-        self, fused: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor, size: int
+        self,
+        maps: list[torch.Tensor],
+        fused: torch.Tensor,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        size: int,
+        targets: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Response hidden states -> TCP prompts -> SAM decoder -> (B, size, size) logits."""
+        """Response hidden states -> TCP prompts (+ the target token) -> SAM decoder ->
+        (B, size, size) logits."""
         prompts = self.tcp(hidden, mask)
-        logits = self.decoder(self.msam.decoder_embedding(fused), prompts)
+        if self.target_tokens is not None:
+            if targets is None or len(targets) != prompts.shape[0]:
+                raise ValueError(
+                    f"this model prompts its decoder with the target: pass one target per "
+                    f"tile (one of {list(self.target_tokens.targets)})"
+                )
+            prompts = torch.cat([prompts, self.target_tokens(targets).to(prompts.dtype)], 1)
+        detail = self.detail(maps) if self.detail is not None else None
+        logits = self.decoder(self.msam.decoder_embedding(fused), prompts, detail)
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
     # -- training -----------------------------------------------------------------------
@@ -93,12 +123,14 @@ class SpexModel(nn.Module):
         responses: list[str],
         masks: torch.Tensor | None = None,
         mask_valid: torch.Tensor | None = None,
+        targets: Sequence[str] | None = None,
     ) -> SpexOutput:
         """Teacher-forced pass. ``masks`` (B, S, S) in {0, 1}; ``mask_valid`` (B, S, S)
         bool excludes padding/nodata from BCE and Dice. Without ``masks`` only the text
-        loss is computed (stage 1)."""
+        loss is computed (stage 1). ``targets``: the target each instruction names (for
+        the target token, when the model has one)."""
         cfg = self.config
-        fused = self.encode(pixels)
+        maps, fused = self.encode_maps(pixels)
         prompt = self.llm.pack(
             visual_tokens(fused, cfg.visual_token_budget),
             instructions,
@@ -110,7 +142,9 @@ class SpexModel(nn.Module):
         )
         assert prompt.labels is not None and prompt.response_mask is not None
         text = self.llm.text_loss(hidden, prompt.labels)
-        logits = self.decode_mask(fused, hidden, prompt.response_mask, pixels.shape[-1])
+        logits = self.decode_mask(
+            maps, fused, hidden, prompt.response_mask, pixels.shape[-1], targets
+        )
         loss = cfg.loss_text * text
         bce = dice = None
         if masks is not None:
@@ -132,18 +166,21 @@ class SpexModel(nn.Module):
         instructions: list[str],
         settings: GenerationSettings | None = None,
         timings: dict[str, float] | None = None,
+        targets: Sequence[str] | None = None,
     ) -> SpexPrediction:
         """Generate the descriptions, then decode one mask per tile from them."""
         cfg = self.config
         settings = settings or GenerationSettings(max_new_tokens=cfg.max_new_tokens)
         with stage_timer(timings, "encoder", pixels):
-            fused = self.encode(pixels)
+            maps, fused = self.encode_maps(pixels)
             prompt = self.llm.pack(
                 visual_tokens(fused, cfg.visual_token_budget), instructions, cfg.system_prompt
             )
         gen = self.llm.generate(prompt, settings, timings)
         with stage_timer(timings, "tcp_decoder", pixels):
-            logits = self.decode_mask(fused, gen.hidden, gen.mask, pixels.shape[-1])
+            logits = self.decode_mask(
+                maps, fused, gen.hidden, gen.mask, pixels.shape[-1], targets
+            )
         return SpexPrediction(logits, gen.texts, gen.tokens)
 
 
@@ -166,6 +203,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "llm": model.llm,
         "tcp": model.tcp,
         "decoder": model.decoder,
+        "detail": model.detail if model.detail is not None else nn.Identity(),
+        "target_tokens": model.target_tokens or nn.Identity(),
     }
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     counts["lora"] = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)

@@ -3,9 +3,9 @@
 Stage 1: encoder + MSAM trunk + LoRA learn from the text loss; the LLM base, the TCP,
 the decoder projection and the mask decoder stay frozen (nothing trains them yet).
 Stage 2: the LLM (base and LoRA) is frozen; encoder, MSAM (trunk and decoder
-projection), TCP and mask decoder learn from text CE + BCE + Dice. The mask decoder's
-parameters that the single-mask output never uses stay frozen, so that the trainable
-set is exactly the set that receives gradients.
+projection), TCP, target tokens, mask decoder and its fine-detail path learn from text
+CE + BCE + Dice. The mask decoder's parameters that the single-mask output never uses
+stay frozen, so that the trainable set is exactly the set that receives gradients.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ def set_stage(model: SpexModel, stage: int) -> list[nn.Parameter]:
         model.msam.to_decoder.requires_grad_(True)
         model.tcp.requires_grad_(True)
         model.decoder.requires_grad_(True)
+        for part in (model.detail, model.target_tokens):
+            if part is not None:
+                part.requires_grad_(True)
         for p in model.decoder.unused_parameters():
             p.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
 
 
 #: Parameter-name prefixes of the mask branch (stage 2's new parts).
-MASK_BRANCH = ("msam.to_decoder.", "tcp.", "decoder.")
+MASK_BRANCH = ("msam.to_decoder.", "tcp.", "decoder.", "detail.", "target_tokens.")
 
 
 def trainable_groups(model: SpexModel) -> dict[str, list[nn.Parameter]]:

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,11 @@ SpieOpt = Annotated[
     str | None, typer.Option("--spie", help="SPIE store (overrides the config's).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (overrides the config's).")]
+TargetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--target", help="Per-target model: stage 2 only on this target's samples, "
+                 "from the run's stage-1 checkpoint, into <out>-<target>. Repeatable."),
+]
 SpexOpt = Annotated[str | None, typer.Option("--spex", help="SPEX checkpoint folder.")]
 MvpOpt = Annotated[str | None, typer.Option("--mvpnet", help="MVPNet weights folder.")]
 MethodOpt = Annotated[
@@ -45,16 +51,21 @@ def train_command(
     out: OutOpt = None,
     spie: SpieOpt = None,
     seed: SeedOpt = None,
+    target: TargetOpt = None,
 ) -> None:
     """Train SPEX in stages (0 MVPNet, 1 text, 2 text + mask); resumes a killed run."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tqdm import tqdm
 
     from model.training.config import load_config
-    from model.training.stages import final_model, train
+    from model.training.stages import final_model, per_target_config, train
 
     try:
-        cfg = load_config(config, out=out, spie=spie, seed=seed)
+        cfg = load_config(config, spie=spie, seed=seed)
+        if target:
+            cfg = per_target_config(cfg, target)
+        if out:
+            cfg = replace(cfg, out=out)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -88,6 +99,11 @@ def eval_command(
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     out: Annotated[str, typer.Option("--out", help="Folder for evaluation.json/.md.")] = "out/eval",
     method: MethodOpt = None,
+    spex_target: Annotated[
+        list[str] | None,
+        typer.Option("--spex-target", help="TARGET=CHECKPOINT of a per-target model "
+                     "(method spex-per-target). Repeatable."),
+    ] = None,
 ) -> None:
     """Recall, precision, OA, F1, IoU per set and target for index + Otsu, MVPNet, SPEX
     and SPEX without the spectral prompt; writes JSON and a Markdown table."""
@@ -102,12 +118,21 @@ def eval_command(
         bar.set_description(msg)
         bar.update(1)
 
-    for label, path in (("spex", spex), ("mvpnet", mvpnet)):
+    per_target: dict[str, str] = {}
+    for item in spex_target or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            typer.echo(f"error: --spex-target wants TARGET=CHECKPOINT, got {item!r}", err=True)
+            raise typer.Exit(2)
+        per_target[name] = path
+    checks = [("spex", spex), ("mvpnet", mvpnet), *per_target.items()]
+    for label, path in checks:
         if path and not Path(path).exists():
             typer.echo(f"error: {label} weights not found: {path}", err=True)
             raise typer.Exit(2)
     result = run_evaluation(spie, out, spex=spex, mvpnet=mvpnet, split=split,
-                            methods=tuple(method or METHODS), progress=progress)
+                            methods=tuple(method or METHODS), progress=progress,
+                            per_target=per_target)
     bar.close()
     typer.echo(iou_table(result["rows"]))
     typer.echo(json.dumps({"paths": result["paths"], "goal": result["goal"]}))

@@ -86,11 +86,13 @@ def test_dask_cluster_gives_identical_outputs(
 
 
 @pytest.mark.slow
-def test_deployment_run_through_server_and_worker(
-    tmp_path: Path, reference_paths: dict[str, str | None], prefect_server
-) -> None:
-    """The user's sequence: server, work pool, deploy, `prefect deployment run`, worker."""
-    reference_mask = reference_paths["mask"]
+def test_deployment_run_through_server_and_worker(tmp_path: Path, prefect_server) -> None:
+    """The user's sequence: server, work pool, deploy, `prefect deployment run`, worker.
+    The deployment asks for the default model, so the reference is the CLI path with
+    ``model='default'`` (the shipped weights, or the index where none are shipped)."""
+    reference_mask = run_extraction(
+        str(BERLIN), ExtractionSettings(**SETTINGS, model="default"), tmp_path / "reference"
+    )["mask"]
     prefect = prefect_server.cli
     prefect("work-pool", "create", "spex-cpu", "--type", "process", "--overwrite")
     prefect("--no-prompt", "deploy", "--name", "extract-water")

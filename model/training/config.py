@@ -62,6 +62,11 @@ class TrainConfig:
     bands: tuple[str, ...] = ("B", "G", "R", "N", "S1")
     input_size: int = 128
     subsets: tuple[str, ...] | None = None
+    # Stages 1 and 2 train on these targets' samples only (None: every target); see
+    # model.training.stages.per_target_config.
+    targets: tuple[str, ...] | None = None
+    # The SPEX checkpoint stage 2 starts from (None: this run's own stage-1 checkpoint).
+    init_from: str | None = None
     seed: int = 0
     threads: int = 1
     response_tokens: int | None = 32

@@ -14,7 +14,10 @@ interface where one exists, so the figures say what ``spex extract`` would do:
   description, mask from its hidden states), probability >= 0.5;
 - ``spex-no-prompt``: the same weights with the spectral prompt replaced by ``[]`` in
   the instruction: the paper's ablation, run at inference only (the model was trained
-  with prompts), so it measures how much this model leans on the prompt.
+  with prompts), so it measures how much this model leans on the prompt;
+- ``spex-per-target``: one SPEX checkpoint per target (stage 2 trained on that target's
+  samples only, :func:`model.training.stages.per_target_config`), as the paper trains
+  per subset, to compare with the one model that serves every target.
 
 Rows named ``all`` pool every set's counts for a target.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from model.training.data import IGNORE, SpieIndex, subset_sensor
 from pipeline.extractor import TileBatch
 from pipeline.metrics import ConfusionMatrix
 
-METHODS = ("index-otsu", "mvpnet", "spex", "spex-no-prompt")
+METHODS = ("index-otsu", "mvpnet", "spex", "spex-no-prompt", "spex-per-target")
 METRICS = ("recall", "precision", "oa", "f1", "iou")
 
 # (pixels (B, C, H, W), valid (B, H, W), bands, target, subset) -> probabilities (B, H, W)
@@ -97,8 +100,23 @@ def spex_predictor(checkpoint: str | Path, *, prompt: bool = True) -> Predictor:
     return predict
 
 
+def per_target_predictor(checkpoints: Mapping[str, str | Path]) -> Predictor:
+    """SPEX with one checkpoint per target; a target without one gives NaN (skipped)."""
+    predictors = {t: spex_predictor(path) for t, path in checkpoints.items()}
+
+    def predict(px, valid, bands, target, subset):
+        if target not in predictors:
+            return np.full(valid.shape, np.nan, dtype=np.float32)
+        return predictors[target](px, valid, bands, target, subset)
+
+    return predict
+
+
 def build_predictors(
-    mvpnet: str | Path | None, spex: str | Path | None, methods: Sequence[str] = METHODS
+    mvpnet: str | Path | None,
+    spex: str | Path | None,
+    methods: Sequence[str] = METHODS,
+    per_target: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Predictor]:
     """The predictors that can be built from the given weights (others are skipped)."""
     from model.training.mvpnet import MVPNetExtractor
@@ -112,6 +130,8 @@ def build_predictors(
         out["spex"] = spex_predictor(spex)
     if "spex-no-prompt" in methods and spex is not None:
         out["spex-no-prompt"] = spex_predictor(spex, prompt=False)
+    if "spex-per-target" in methods and per_target:
+        out["spex-per-target"] = per_target_predictor(per_target)
     return out
 
 
@@ -248,6 +268,7 @@ def run_evaluation(
     methods: Sequence[str] = METHODS,
     subsets: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    per_target: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Build the predictors, evaluate, write JSON + Markdown; returns rows, goal, paths."""
     import torch
@@ -255,11 +276,12 @@ def run_evaluation(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        predictors = build_predictors(mvpnet, spex, methods)
+        predictors = build_predictors(mvpnet, spex, methods, per_target)
         rows = evaluate(spie, predictors, split=split, subsets=subsets, progress=progress)
     finally:
         torch.set_num_threads(threads)
     meta = {"spie": str(spie), "split": split, "spex": str(spex) if spex else None,
-            "mvpnet": str(mvpnet) if mvpnet else None, "methods": list(predictors)}
+            "mvpnet": str(mvpnet) if mvpnet else None, "methods": list(predictors),
+            "per_target": {t: str(p) for t, p in (per_target or {}).items()}}
     paths = write_report(rows, out_dir, meta)
     return {"rows": rows, "goal": goal_check(rows), "paths": paths}

@@ -20,7 +20,7 @@ whole run resumes after an interruption at the epoch it reached.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,10 @@ def _text_stage(n: int, cfg: TrainConfig, model: SpexModel, device: torch.device
                 on_step: StepCallback | None, on_epoch: EpochCallback | None,
                 with_masks: bool) -> list[dict[str, Any]]:
     sc = cfg.stage(n)
-    index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets)
+    index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets, targets=cfg.targets)
+    if not len(index):
+        raise ValueError(f"{cfg.spie}: no train samples for subsets {cfg.subsets} and "
+                         f"targets {cfg.targets}")
     tok = model.llm.tokenizer
 
     def batches(epoch: int):
@@ -132,6 +135,7 @@ def _text_stage(n: int, cfg: TrainConfig, model: SpexModel, device: torch.device
             batch.pixels.to(device), batch.instructions, responses,
             masks=batch.masks.to(device) if with_masks else None,
             mask_valid=batch.valid.to(device) if with_masks else None,
+            targets=batch.targets,
         )
         parts = {"loss": out.loss, "text": out.text_loss}
         if with_masks:
@@ -164,11 +168,13 @@ def stage1(cfg: TrainConfig, on_step: StepCallback | None = None,
 
 def stage2(cfg: TrainConfig, on_step: StepCallback | None = None,
            on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
-    """Mask training with the LLM frozen, from stage 1's checkpoint (or from scratch
-    with stage 0's encoder when stage 1 was skipped)."""
+    """Mask training with the LLM frozen, from ``init_from`` or this run's stage-1
+    checkpoint (or from scratch with stage 0's encoder when stage 1 was skipped)."""
     device = _device()
     torch.manual_seed(cfg.seed + 2)
-    prev = product_dir(cfg, 1)
+    prev = Path(cfg.init_from) if cfg.init_from else product_dir(cfg, 1)
+    if cfg.init_from and not (prev / "config.json").is_file():
+        raise FileNotFoundError(f"init_from {prev}: no SPEX checkpoint (run stage 1 first)")
     if (prev / "config.json").is_file():
         model = load_checkpoint(prev)
         text, bce, dice = cfg.loss_weights
@@ -209,6 +215,22 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int, int, int, dict[str, float
     finally:
         torch.set_num_threads(threads)
     return histories
+
+
+def per_target_overrides(cfg: TrainConfig, targets: Sequence[str]) -> dict[str, Any]:
+    """The per-target variant of a run, as the paper trains one model per subset: stage
+    2 only, on ``targets``' samples, starting from the run's stage-1 checkpoint (stages 0
+    and 1 learn the image and the language, which every target shares), written to
+    ``<out>-<targets>``. Evaluated beside the one-model-for-all as ``spex-per-target``.
+    Returned as field overrides so that flows can pass them on as parameters."""
+    targets = tuple(targets)
+    return {"targets": targets, "stages": (2,), "init_from": str(product_dir(cfg, 1)),
+            "out": f"{cfg.out}-{'-'.join(targets)}"}
+
+
+def per_target_config(cfg: TrainConfig, targets: Sequence[str]) -> TrainConfig:
+    """:func:`per_target_overrides` applied to ``cfg``."""
+    return replace(cfg, **per_target_overrides(cfg, targets))
 
 
 def final_model(cfg: TrainConfig) -> Path:

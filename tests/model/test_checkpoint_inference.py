@@ -117,14 +117,14 @@ def test_loads_each_local_pretrained_format(tmp_path: Path) -> None:
 
     # A checkpoint of it is self-contained: it reloads without the original folders.
     x = torch.rand(1, 4, SIZE, SIZE)
-    ref = model.infer(x, ["water"], GEN)
+    ref = model.infer(x, ["water"], GEN, targets=["water"])
     ckpt = tmp_path / "ckpt"
     save_checkpoint(model, ckpt)
     for folder in (qwen_dir, bb_dir):
         for f in folder.iterdir():
             f.unlink()
     sam_path.unlink()
-    again = load_checkpoint(ckpt).infer(x, ["water"], GEN)
+    again = load_checkpoint(ckpt).infer(x, ["water"], GEN, targets=["water"])
     assert again.texts == ref.texts
     torch.testing.assert_close(again.mask_logits, ref.mask_logits)
 

@@ -36,13 +36,15 @@ def test_shapes_and_dtypes_through_the_model(bands: tuple[str, ...]) -> None:
     assert visual_tokens(fused, 4).shape == (2, 4, model.llm.hidden_size)
     assert model.msam.decoder_embedding(fused).shape[1] == model.config.decoder.transformer_dim
 
-    pred = model.infer(x, ["describe the water", "a longer instruction about water"], GEN)
+    pred = model.infer(x, ["describe the water", "a longer instruction about water"], GEN,
+                       targets=["water", "water"])
     assert pred.mask_logits.shape == (2, SIZE, SIZE)
     assert pred.mask_logits.dtype == torch.float32
     assert len(pred.texts) == 2 and all(isinstance(t, str) for t in pred.texts)
     assert pred.tokens.shape[0] == 2 and pred.tokens.shape[1] <= GEN.max_new_tokens
 
-    out = model(x, ["a", "bb"], ["Water at the center.", "No water."], torch.zeros(2, SIZE, SIZE))
+    out = model(x, ["a", "bb"], ["Water at the center.", "No water."], torch.zeros(2, SIZE, SIZE),
+                targets=["water", "building"])
     for loss in (out.loss, out.text_loss, out.bce_loss, out.dice_loss):
         assert loss is not None and loss.ndim == 0 and torch.isfinite(loss)
     assert out.mask_logits.shape == (2, SIZE, SIZE)
@@ -70,6 +72,51 @@ def test_batched_decoder_equals_stock_path() -> None:
         assert dec(img, sparse).shape == (3, 1, 16, 16)
 
 
+def test_detail_path_reaches_the_mask_and_is_optional() -> None:
+    """The fine-detail path adds stride-4 features of the right shape to SAM's upscaled
+    embedding (the mask changes with it); a config without it builds the stock decoder,
+    which is how checkpoints written before the path existed still load."""
+    model = build()
+    assert model.detail is not None
+    x = torch.rand(1, 4, SIZE, SIZE)
+    maps, fused = model.encode_maps(x)
+    detail = model.detail(maps)
+    assert detail.shape == (1, model.config.decoder.transformer_dim // 8, SIZE // 4, SIZE // 4)
+    hidden = torch.rand(1, 5, model.llm.hidden_size)
+    keep = torch.ones(1, 5, dtype=torch.bool)
+    with_detail = model.decode_mask(maps, fused, hidden, keep, SIZE, ["water"])
+    model.detail, saved = None, model.detail
+    without = model.decode_mask(maps, fused, hidden, keep, SIZE, ["water"])
+    model.detail = saved
+    assert not torch.allclose(with_detail, without)
+
+    plain = SpexModel(SpexConfig.from_dict(
+        {**tiny(bands=BANDS4).to_dict(), "decoder": {}, "prompt_targets": []}
+    ))
+    assert plain.detail is None and plain.target_tokens is None
+    assert not any(n.startswith(("detail.", "target_tokens.")) for n in plain.state_dict())
+
+
+def test_target_token_steers_the_mask_and_unknown_targets_fail() -> None:
+    """Same image, same description, another target -> another mask; the model's target
+    list is the targets catalog's; a target it has no token for is a clear error."""
+    from pipeline.targets import target_names
+
+    model = build()
+    assert set(model.config.prompt_targets) == set(target_names())
+    x = torch.rand(1, 4, SIZE, SIZE)
+    maps, fused = model.encode_maps(x)
+    hidden = torch.rand(1, 5, model.llm.hidden_size)
+    keep = torch.ones(1, 5, dtype=torch.bool)
+    water = model.decode_mask(maps, fused, hidden, keep, SIZE, ["water"])
+    building = model.decode_mask(maps, fused, hidden, keep, SIZE, ["building"])
+    assert not torch.allclose(water, building)
+    with pytest.raises(ValueError, match="trained for targets"):
+        model.decode_mask(maps, fused, hidden, keep, SIZE, ["glacier"])
+    with pytest.raises(ValueError, match="one target per tile"):
+        model.decode_mask(maps, fused, hidden, keep, SIZE)
+
+
 def test_segment_anything_package_init_not_required() -> None:
     import sys
 
@@ -91,7 +138,8 @@ def test_stage_gradients_reach_exactly_the_unfrozen_parts(model4: SpexModel, sta
     assert len(names) == len(trainable) > 0
     x = torch.rand(2, 4, SIZE, SIZE)
     masks = (torch.rand(2, SIZE, SIZE) > 0.5).float() if stage == 2 else None
-    out = model(x, ["water please", "water"], ["A small lake.", "None."], masks)
+    out = model(x, ["water please", "water"], ["A small lake.", "None."], masks,
+                targets=["water", "water"])
     out.loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == names
@@ -103,7 +151,7 @@ def test_stage_gradients_reach_exactly_the_unfrozen_parts(model4: SpexModel, sta
         assert lora and all("lora_" in n for n in names if n.startswith("llm."))
         assert not any(n.startswith("msam.to_decoder") for n in names)
     else:
-        assert parts == {"encoder", "msam", "tcp", "decoder"}
+        assert parts == {"encoder", "msam", "tcp", "decoder", "detail", "target_tokens"}
         assert not lora
     model.zero_grad(set_to_none=True)
     model.requires_grad_(True)
@@ -118,11 +166,11 @@ def test_lora_merge_unmerge_keeps_outputs(model4: SpexModel) -> None:
                 p.normal_(0, 0.05)  # LoRA B starts at zero; make the adapter matter
     x = torch.rand(1, 4, SIZE, SIZE)
     ins = ["Based on the provided image, describe the water regions."]
-    before = model.infer(x, ins, GEN)
+    before = model.infer(x, ins, GEN, targets=["water"])
     model.llm.peft.merge_adapter()
-    merged = model.infer(x, ins, GEN)
+    merged = model.infer(x, ins, GEN, targets=["water"])
     model.llm.peft.unmerge_adapter()
-    after = model.infer(x, ins, GEN)
+    after = model.infer(x, ins, GEN, targets=["water"])
     torch.testing.assert_close(merged.mask_logits, before.mask_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(after.mask_logits, before.mask_logits, atol=1e-5, rtol=1e-5)
     assert merged.texts == before.texts == after.texts
@@ -135,8 +183,8 @@ def test_lora_merge_unmerge_keeps_outputs(model4: SpexModel) -> None:
 def test_sampling_is_seeded(model4: SpexModel) -> None:
     x = torch.rand(2, 4, SIZE, SIZE)
     s = GenerationSettings(max_new_tokens=6, do_sample=True, repetition_penalty=1.1, seed=3)
-    a = model4.infer(x, ["water", "water"], s)
-    b = model4.infer(x, ["water", "water"], s)
+    a = model4.infer(x, ["water", "water"], s, targets=["water", "water"])
+    b = model4.infer(x, ["water", "water"], s, targets=["water", "water"])
     assert a.texts == b.texts
     assert torch.equal(a.mask_logits, b.mask_logits)
 

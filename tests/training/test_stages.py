@@ -13,7 +13,14 @@ import torch
 
 from model.training.data import SpieIndex, seg_batches, text_batches, truncate_responses
 from model.training.mvpnet import load_mvpnet, partial_label_ce
-from model.training.stages import product_dir, stage0, stage1, stage2
+from model.training.stages import (
+    per_target_config,
+    product_dir,
+    stage0,
+    stage1,
+    stage2,
+    train,
+)
 
 
 def _seg_loss(cfg, model) -> float:
@@ -30,7 +37,7 @@ def _text_loss(cfg, model, masks: bool) -> float:
     with torch.no_grad():
         out = model.eval()(batch.pixels, batch.instructions, responses,
                            masks=batch.masks if masks else None,
-                           mask_valid=batch.valid if masks else None)
+                           mask_valid=batch.valid if masks else None, targets=batch.targets)
     return float(out.loss)
 
 
@@ -69,6 +76,26 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
     for k, v in m2.llm.state_dict().items():  # stage 2 keeps the LLM frozen
         assert torch.equal(v, m1.llm.state_dict()[k]), k
 
+    # The per-target variant: stage 2 only, on water samples, from this run's stage 1.
+    from model.checkpoint import read_training
+
+    water = per_target_config(cfg, ["water"])
+    assert water.stages == (2,) and water.out == f"{cfg.out}-water"
+    train(water)
+    assert not (Path(water.out) / "stage0").exists() and not (Path(water.out) / "stage1").exists()
+    mw = load_checkpoint(product_dir(water, 2))
+    for k, v in mw.llm.state_dict().items():
+        assert torch.equal(v, m1.llm.state_dict()[k]), k
+    assert read_training(product_dir(water, 2))["config"]["targets"] == ["water"]
+
+    # ... and it is evaluated as 'spex-per-target' for its own target only.
+    from model.training.evaluate import evaluate, per_target_predictor
+
+    rows = evaluate(cfg.spie, {"spex-per-target": per_target_predictor(
+        {"water": product_dir(water, 2)})}, split="test")
+    assert rows and {r["target"] for r in rows} == {"water"}
+    assert {r["method"] for r in rows} == {"spex-per-target"}
+
     from model.stages import set_stage, trainable_groups
     from model.training.loop import Stage, run_stage
 
@@ -78,7 +105,8 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
     responses = truncate_responses(batch.responses, m1.llm.tokenizer, cfg.response_tokens)
 
     def loss(b):
-        out = m1(b.pixels, b.instructions, responses, masks=b.masks, mask_valid=b.valid)
+        out = m1(b.pixels, b.instructions, responses, masks=b.masks, mask_valid=b.valid,
+                 targets=b.targets)
         return {"loss": out.loss}
 
     before2 = _text_loss(cfg, m1, masks=True)
