@@ -14,7 +14,10 @@ Layout of a registry folder::
 
 Without a promoted version, ``default`` falls back to the weights shipped with the
 project (``model/weights/default``) when they exist, else to the spectral-index extractor
-(``index``): a fresh clone always has a working default.
+(``index``): a fresh clone always has a working default. The shipped folder may hold
+``default_for.json`` (``{"targets": [...], "basis": "..."}``): the targets for which those
+weights beat the spectral index on the validation split; for any other target ``default``
+stays ``index``, because a model is only worth shipping where it clearly does better.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pipeline.outputs.atomic import atomic_write_text, ensure_writable_dir
 INDEX_FILE = "registry.json"
 WEIGHTS = "model.safetensors"
 SHIPPED_DEFAULT = Path(__file__).resolve().parent / "weights" / "default"
+DEFAULT_FOR = "default_for.json"
 DEFAULT_ROOT_ENV = "SPEX_MODEL_REGISTRY"
 
 
@@ -56,6 +60,18 @@ class ModelEntry:
     evaluation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     notes: str = ""
+
+
+def shipped_default_targets(folder: Path = SHIPPED_DEFAULT) -> tuple[str, ...] | None:
+    """The targets the shipped weights are the default for (None: every target)."""
+    path = folder / DEFAULT_FOR
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return tuple(str(t) for t in data["targets"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CatalogError(f"{path}: expected {{'targets': [...]}} ({exc})") from exc
 
 
 class ModelRegistry:
@@ -92,10 +108,11 @@ class ModelRegistry:
     def default_version(self) -> str | None:
         return self._index().get("default")
 
-    def resolve(self, name: str = "default") -> str:
+    def resolve(self, name: str = "default", target: str | None = None) -> str:
         """What ``--model NAME`` means: a checkpoint folder path, or ``'index'``.
 
-        ``default`` is the promoted version, else the shipped weights, else ``index``.
+        ``default`` is the promoted version, else the shipped weights (for ``target``
+        only when their ``default_for.json`` lists it), else ``index``.
         """
         if name != "default":
             return self.get(name).path
@@ -103,7 +120,9 @@ class ModelRegistry:
         if version is not None:
             return self.get(version).path
         if (SHIPPED_DEFAULT / WEIGHTS).is_file():
-            return str(SHIPPED_DEFAULT)
+            serves = shipped_default_targets()
+            if target is None or serves is None or target in serves:
+                return str(SHIPPED_DEFAULT)
         return "index"
 
     # -- writing -------------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.targets import target_names
+
 models_app = typer.Typer(
     help="The model registry: versioned SPEX checkpoints and the promoted default.",
     no_args_is_help=True,
@@ -32,7 +34,8 @@ def list_models(registry: RootOpt = None) -> None:
     default = reg.default_version()
     entries = reg.entries()
     if not entries:
-        typer.echo(f"no registered model in {reg.root}; default resolves to {reg.resolve()}")
+        per_target = {t: reg.resolve("default", t) for t in target_names()}
+        typer.echo(f"no registered model in {reg.root}; default resolves to {per_target}")
         return
     for e in entries:
         mark = "*" if e.version == default else " "
@@ -49,7 +52,8 @@ def show(
     if version == "default":
         chosen = reg.default_version()
         if chosen is None:
-            typer.echo(json.dumps({"default": reg.resolve(), "promoted": None}))
+            per_target = {t: reg.resolve("default", t) for t in target_names()}
+            typer.echo(json.dumps({"default": per_target, "promoted": None}))
             return
         version = chosen
     typer.echo(json.dumps(asdict(reg.get(version)), indent=2, sort_keys=True))

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = REPO / "model" / "weights" / "spex-tiny"
+DEFAULT_WEIGHTS = REPO / "model" / "weights" / "default"
 DEFAULT_MVPNET = REPO / "model" / "weights" / "mvpnet"
 
 ConfigOpt = Annotated[

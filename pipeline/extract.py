@@ -155,14 +155,16 @@ def scene_name(source: str | Path | Sequence[str | Path]) -> str:
 
 
 def load_extractor(
-    model: str, threshold_mode: str = "scene", device: str | None = None
+    model: str, threshold_mode: str = "scene", device: str | None = None,
+    target: str | None = None,
 ) -> Extractor:
-    """The extractor named by ``--model``.
+    """The extractor named by ``--model`` (for ``target``, which 'default' may depend on).
 
     'index' / 'index-tile': the spectral-index extractor (scene / per-tile Otsu);
     'default': the model registry's promoted version, else the weights shipped in
-    ``model/weights/default``, else 'index' (see :mod:`model.registry`); a registry
-    version such as 'v0002-1a2b3c4d'; or a checkpoint folder.
+    ``model/weights/default`` for the targets they serve, else 'index' (see
+    :mod:`model.registry`); a registry version such as 'v0002-1a2b3c4d'; or a
+    checkpoint folder.
     """
     from pipeline.index_extractor import IndexExtractor
 
@@ -173,7 +175,7 @@ def load_extractor(
 
     if model == "default" or not Path(model).exists():
         try:
-            model = ModelRegistry().resolve(model)
+            model = ModelRegistry().resolve(model, target)
         except SpexInputError as exc:
             raise SpexInputError(
                 f"model {model!r} is neither 'index', 'index-tile', 'default', a registered "
@@ -255,7 +257,7 @@ def plan_extraction(
     # per-scene radiometry computed) once.
     scene = _open(src, open_kwargs)
     extractor = extractor or load_extractor(
-        settings.model, settings.threshold_mode, settings.device
+        settings.model, settings.threshold_mode, settings.device, target
     )
     require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
     grid = plan_tiles(scene.sizes["y"], scene.sizes["x"], settings.tile, settings.overlap)

@@ -44,6 +44,31 @@ def test_register_promote_resolve(checkpoint: Path, tmp_path: Path) -> None:
     assert reg.get(first.version).training_data == {"s2-l1c-berlin": "abc"}
 
 
+def test_shipped_default_serves_only_its_listed_targets(tmp_path: Path) -> None:
+    """'default' without a promoted version: the shipped weights for the targets their
+    default_for.json lists, the spectral index for the others; the real shipped folder
+    names only targets of the catalog."""
+    from model.registry import DEFAULT_FOR, shipped_default_targets
+    from pipeline.targets import target_names
+
+    reg = ModelRegistry(tmp_path / "registry")
+    if (SHIPPED_DEFAULT / WEIGHTS).is_file():
+        serves = shipped_default_targets()
+        assert serves is None or set(serves) <= set(target_names())
+        for target in target_names():
+            want = str(SHIPPED_DEFAULT) if serves is None or target in serves else "index"
+            assert reg.resolve("default", target) == want
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    assert shipped_default_targets(folder) is None  # no file: every target
+    (folder / DEFAULT_FOR).write_text(json.dumps({"targets": ["water"], "basis": "val"}))
+    assert shipped_default_targets(folder) == ("water",)
+    (folder / DEFAULT_FOR).write_text("{not json")
+    with pytest.raises(CatalogError, match=DEFAULT_FOR):
+        shipped_default_targets(folder)
+
+
 def test_promotion_refuses_tampered_weights(checkpoint: Path, tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "registry")
     entry = reg.register(checkpoint)

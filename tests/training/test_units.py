@@ -57,7 +57,8 @@ def test_cosine_schedule():
 
 def test_stage2_mask_branch_has_its_own_learning_rate():
     """Stage 2: encoder + MSAM trunk at lr_vision, mask branch (MSAM decoder projection,
-    TCP, SAM decoder) at lr_decoder; nothing trainable is left out of the optimizer."""
+    TCP, target tokens, SAM decoder, fine-detail path) at lr_decoder; nothing trainable
+    is left out of the optimizer."""
     from model.config import tiny
     from model.spex import SpexModel
     from model.stages import set_stage, trainable_groups
@@ -68,7 +69,8 @@ def test_stage2_mask_branch_has_its_own_learning_rate():
     trainable = set_stage(model, 2)
     groups = trainable_groups(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert {names[id(p)].split(".")[0] for p in groups["decoder"]} == {"msam", "tcp", "decoder"}
+    assert {names[id(p)].split(".")[0] for p in groups["decoder"]} == {
+        "msam", "tcp", "decoder", "detail", "target_tokens"}
     assert all(names[id(p)].startswith("msam.to_decoder.") or not names[id(p)].startswith("msam.")
                for p in groups["decoder"])
     assert {names[id(p)].split(".")[0] for p in groups["vision"]} == {"encoder", "msam"}
