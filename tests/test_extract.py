@@ -204,7 +204,7 @@ def test_cli_extract_prints_paths_and_matches_library(
 ) -> None:
     run = subprocess.run(
         [str(SPEX), "extract", "water", str(BERLIN), "--out", str(tmp_path), "--tile", "256",
-         "--overlap", "32", "--format", "cog,prob,zarr"],
+         "--overlap", "32", "--format", "cog,prob,zarr", "--model", "index"],
         capture_output=True, text=True, check=True,
     )
     paths = json.loads(run.stdout.strip().splitlines()[-1])
