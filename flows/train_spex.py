@@ -85,13 +85,14 @@ def train_spex(
 ) -> dict[str, Any]:
     """Run the configured stages; returns the final checkpoint folder and histories.
     ``targets``: train the per-target variant instead (stage 2 on those targets only,
-    from the run's stage-1 checkpoint; ``spex train --target``)."""
+    from the stage-1 checkpoint of the run in ``out``, into ``<out>-<targets>``; as
+    ``spex train --target``)."""
     overrides: dict[str, Any] = {
         k: v for k, v in {"out": out, "spie": spie, "seed": seed}.items() if v
     }
     if targets:
         per_target = per_target_overrides(load_config(config, **overrides), targets)
-        overrides |= {**per_target, "out": out or per_target["out"]}
+        overrides |= per_target
     cfg = load_config(config, **overrides)
     histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
     checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +36,8 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (overrides the
 TargetOpt = Annotated[
     list[str] | None,
     typer.Option("--target", help="Per-target model: stage 2 only on this target's samples, "
-                 "from the run's stage-1 checkpoint, into <out>-<target>. Repeatable."),
+                 "from the stage-1 checkpoint of the run in --out (or the config's out), "
+                 "into <out>-<target>. Repeatable."),
 ]
 SpexOpt = Annotated[str | None, typer.Option("--spex", help="SPEX checkpoint folder.")]
 MvpOpt = Annotated[str | None, typer.Option("--mvpnet", help="MVPNet weights folder.")]
@@ -61,11 +61,9 @@ def train_command(
     from model.training.stages import final_model, per_target_config, train
 
     try:
-        cfg = load_config(config, spie=spie, seed=seed)
+        cfg = load_config(config, out=out, spie=spie, seed=seed)
         if target:
             cfg = per_target_config(cfg, target)
-        if out:
-            cfg = replace(cfg, out=out)
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
