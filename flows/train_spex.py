@@ -91,8 +91,7 @@ def train_spex(
         k: v for k, v in {"out": out, "spie": spie, "seed": seed}.items() if v
     }
     if targets:
-        per_target = per_target_overrides(load_config(config, **overrides), targets)
-        overrides |= per_target
+        overrides |= per_target_overrides(load_config(config, **overrides), targets)
     cfg = load_config(config, **overrides)
     histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
     checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None

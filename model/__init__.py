@@ -2,7 +2,8 @@
 
 config (tiny / paper sizes), tokenizer (offline byte-level BPE, ChatML), encoder
 (hierarchical backbone), msam (multiscale aggregation), llm (Qwen2 + LoRA, generation),
-tcp (token compression projector), sam_decoder (SAM mask decoder), spex (assembly and
-losses), stages (training-stage freezing), checkpoint (weights I/O), inference (the
-pipeline Extractor). Nothing is imported here, so ``import model.config`` stays cheap.
+tcp (token compression projector), target_token (per-target prompt), detail (fine-detail
+path), sam_decoder (SAM mask decoder), spex (assembly and losses), stages (training-stage
+freezing), checkpoint (weights I/O), inference (the pipeline Extractor). Nothing is
+imported here, so ``import model.config`` stays cheap.
 """

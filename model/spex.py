@@ -203,7 +203,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "llm": model.llm,
         "tcp": model.tcp,
         "decoder": model.decoder,
-        "detail": model.detail if model.detail is not None else nn.Identity(),
+        "detail": model.detail or nn.Identity(),
         "target_tokens": model.target_tokens or nn.Identity(),
     }
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
