@@ -186,7 +186,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     proxy = TimedExtractor(_make_extractor(spec["extractor"], bands))
     rss_ready = _max_rss_mib()  # after imports and model construction, before the job
     settings = ExtractionSettings(
-        target=TARGET, sensor=spec["sensor"], tile=spec["tile"], overlap=spec["overlap"],
+        target=TARGET,
+        sensor=spec["sensor"],
+        tile=spec["tile"],
+        overlap=spec["overlap"],
         batch_size=spec["batch_size"],
     )
     parts = {
@@ -219,12 +222,14 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     whole = t3 - t0
     stages = {"plan": t1 - t0, "batches": t2 - t1, "finalise": t3 - t2}
     overhead = {
-        "plan_open_validate_store": stages["plan"] - proxy.seconds["fit_scene"]
+        "plan_open_validate_store": stages["plan"]
+        - proxy.seconds["fit_scene"]
         - part_s["decimated_check"],
         "plan_decimated_check": part_s["decimated_check"],
         # what run_batch does besides predict and the store: read and stack the tiles,
         # build the TileBatch, write description texts (SPEX)
-        "batch_read_tiles_etc": stages["batches"] - proxy.seconds["predict"]
+        "batch_read_tiles_etc": stages["batches"]
+        - proxy.seconds["predict"]
         - part_s["store_write"],
         "batch_store_write": part_s["store_write"],
         "finalise_blend_to_tiff": part_s["blend_to_tiff"],
@@ -258,8 +263,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": _max_rss_mib(),
         "peak_rss_after_stage_mib": rss_stage,
         "peak_rss_growth_by_part_mib": {
-            k: v for k, v in (part_rss | {f"extractor_{k}": v for k, v in
-                                           proxy.rss_growth.items()}).items() if v > 0
+            k: v
+            for k, v in (
+                part_rss | {f"extractor_{k}": v for k, v in proxy.rss_growth.items()}
+            ).items()
+            if v > 0
         },
         "mask": outputs["mask"],
     }
@@ -269,7 +277,11 @@ def run_job_subprocess(spec: dict[str, Any], env: dict[str, str] | None = None) 
     """One job in a fresh interpreter, so its peak RSS is its own (``env``: extra vars)."""
     proc = subprocess.run(
         [sys.executable, __file__, "--job", json.dumps(spec)],
-        capture_output=True, text=True, check=False, cwd=REPO, env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env=os.environ | (env or {}),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"job {spec['label']} failed:\n{proc.stderr[-4000:]}")
@@ -303,8 +315,13 @@ def build_mosaic(files: list[Path], out: Path, n: int = MOSAIC) -> Path:
         profile = first.profile
         h, w = first.height, first.width
     profile.update(
-        height=h * n, width=w * n, tiled=True, blockxsize=512, blockysize=512,
-        compress="deflate", bigtiff="IF_SAFER",
+        height=h * n,
+        width=w * n,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        bigtiff="IF_SAFER",
     )
     with rasterio.open(out, "w", **profile) as dst:
         for k in range(n * n):
@@ -338,13 +355,21 @@ def seam_check(source: Path, out_dir: Path) -> dict[str, Any]:
     valid = np.isfinite(pixels).all(axis=0) & np.isfinite(index)
     whole = binary_mask(index, ref.threshold, load_target(TARGET).side, valid)
     result: dict[str, Any] = {
-        "scene": source.name, "tile": SEAM_TILE, "overlap": SEAM_OVERLAP,
-        "index": ref.index, "threshold": ref.threshold, "pixels": int(whole.size),
+        "scene": source.name,
+        "tile": SEAM_TILE,
+        "overlap": SEAM_OVERLAP,
+        "index": ref.index,
+        "threshold": ref.threshold,
+        "pixels": int(whole.size),
     }
     for mode in ("scene", "tile"):
         settings = ExtractionSettings(
-            target=TARGET, sensor="naip", tile=SEAM_TILE, overlap=SEAM_OVERLAP,
-            batch_size=16, model="index" if mode == "scene" else "index-tile",
+            target=TARGET,
+            sensor="naip",
+            tile=SEAM_TILE,
+            overlap=SEAM_OVERLAP,
+            batch_size=16,
+            model="index" if mode == "scene" else "index-tile",
         )
         paths = run_extraction(source, settings, out_dir / f"seams-{mode}")
         with rasterio.open(paths["mask"]) as src:
@@ -365,38 +390,54 @@ def _fmt_parts(job: dict[str, Any]) -> list[str]:
 def print_report(results: dict[str, Any]) -> None:
     jobs = results["jobs"]
     print("\n(a)(c) whole job vs extractor compute (tile 512, overlap 64, target water)")
-    head = (f"{'job':<26}{'size':>11}{'tiles':>6}{'whole s':>9}{'extr s':>8}"
-            f"{'ratio':>7}{'Mpx/s':>7}{'peak RSS':>10}{'RSS pre-job':>12}")
+    head = (
+        f"{'job':<26}{'size':>11}{'tiles':>6}{'whole s':>9}{'extr s':>8}"
+        f"{'ratio':>7}{'Mpx/s':>7}{'peak RSS':>10}{'RSS pre-job':>12}"
+    )
     print(head)
     for j in jobs:
-        print(f"{j['label']:<26}{j['width']:>5}x{j['height']:<5}{j['tiles']:>6}"
-              f"{j['whole_s']:>9.2f}{j['extractor_s']['total']:>8.2f}{j['ratio']:>7.2f}"
-              f"{j['mpx_per_s']:>7.2f}{j['peak_rss_mib']:>8.0f}MB"
-              f"{j['rss_before_job_mib']:>10.0f}MB")
+        print(
+            f"{j['label']:<26}{j['width']:>5}x{j['height']:<5}{j['tiles']:>6}"
+            f"{j['whole_s']:>9.2f}{j['extractor_s']['total']:>8.2f}{j['ratio']:>7.2f}"
+            f"{j['mpx_per_s']:>7.2f}{j['peak_rss_mib']:>8.0f}MB"
+            f"{j['rss_before_job_mib']:>10.0f}MB"
+        )
     for j in jobs:
-        print(f"  overhead of {j['label']} (whole - extractor = "
-              f"{j['whole_s'] - j['extractor_s']['total']:.2f} s):")
+        print(
+            f"  overhead of {j['label']} (whole - extractor = "
+            f"{j['whole_s'] - j['extractor_s']['total']:.2f} s):"
+        )
         print("\n".join(_fmt_parts(j)))
     for j in jobs:
         stages = j["peak_rss_after_stage_mib"]
-        growth = ", ".join(f"{k} +{v:.0f}" for k, v in
-                           sorted(j["peak_rss_growth_by_part_mib"].items(), key=lambda kv: -kv[1]))
-        print(f"  peak RSS of {j['label']}: pre-job {j['rss_before_job_mib']:.0f} MB, after plan "
-              f"{stages['plan']:.0f}, batches {stages['batches']:.0f}, finalise "
-              f"{stages['finalise']:.0f}; peak rises during: {growth or '-'}")
+        growth = ", ".join(
+            f"{k} +{v:.0f}"
+            for k, v in sorted(j["peak_rss_growth_by_part_mib"].items(), key=lambda kv: -kv[1])
+        )
+        print(
+            f"  peak RSS of {j['label']}: pre-job {j['rss_before_job_mib']:.0f} MB, after plan "
+            f"{stages['plan']:.0f}, batches {stages['batches']:.0f}, finalise "
+            f"{stages['finalise']:.0f}; peak rises during: {growth or '-'}"
+        )
     mem = results["memory"]
-    print(f"\n(b) peak RSS, index extractor, tile 512: scene {mem['scene_mib']:.0f} MB, "
-          f"16x area {mem['mosaic_mib']:.0f} MB, ratio {mem['ratio']:.2f} (target <= 1.2); "
-          f"job's own growth above the post-import RSS: {mem['scene_job_mib']:.0f} MB vs "
-          f"{mem['mosaic_job_mib']:.0f} MB")
-    print(f"    16x area with GDAL_CACHEMAX={mem['small_gdal_cache_mb']} MB: "
-          f"{mem['mosaic_small_gdal_cache_mib']:.0f} MB "
-          f"(ratio {mem['mosaic_small_gdal_cache_mib'] / mem['scene_mib']:.2f})")
+    print(
+        f"\n(b) peak RSS, index extractor, tile 512: scene {mem['scene_mib']:.0f} MB, "
+        f"16x area {mem['mosaic_mib']:.0f} MB, ratio {mem['ratio']:.2f} (target <= 1.2); "
+        f"job's own growth above the post-import RSS: {mem['scene_job_mib']:.0f} MB vs "
+        f"{mem['mosaic_job_mib']:.0f} MB"
+    )
+    print(
+        f"    16x area with GDAL_CACHEMAX={mem['small_gdal_cache_mb']} MB: "
+        f"{mem['mosaic_small_gdal_cache_mib']:.0f} MB "
+        f"(ratio {mem['mosaic_small_gdal_cache_mib'] / mem['scene_mib']:.2f})"
+    )
     s = results["seams"]
-    print(f"\n(d) seams, {s['scene']} ({s['pixels']} px), tile {s['tile']} overlap "
-          f"{s['overlap']}, {s['index']} threshold {s['threshold']:.4f}: differing pixels vs "
-          f"the whole-scene mask: scene threshold {s['differing_scene_threshold']} "
-          f"(must be 0); per-tile threshold {s['differing_tile_threshold']} (for contrast)")
+    print(
+        f"\n(d) seams, {s['scene']} ({s['pixels']} px), tile {s['tile']} overlap "
+        f"{s['overlap']}, {s['index']} threshold {s['threshold']:.4f}: differing pixels vs "
+        f"the whole-scene mask: scene threshold {s['differing_scene_threshold']} "
+        f"(must be 0); per-tile threshold {s['differing_tile_threshold']} (for contrast)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,8 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             for label, src in (("scene", scene), ("mosaic 4x4", mosaic)):
                 spec = {
-                    "label": f"{kind} {label}", "extractor": kind, "source": str(src),
-                    "sensor": "naip", "tile": 512, "overlap": 64, "batch_size": 4,
+                    "label": f"{kind} {label}",
+                    "extractor": kind,
+                    "source": str(src),
+                    "sensor": "naip",
+                    "tile": 512,
+                    "overlap": 64,
+                    "batch_size": 4,
                     "out_dir": str(work / f"{kind}-{label.split()[0]}"),
                 }
                 print(f"running {spec['label']} ...", flush=True)

@@ -41,8 +41,9 @@ from model.training.data import SpieIndex, text_batches, truncate_responses
 VARIANTS = ("tcp", "target", "tcp+target")
 
 
-def cache_split(model: SpexModel, spie: str, split: str, bands: tuple[str, ...],
-                tokens: int) -> list[dict]:
+def cache_split(
+    model: SpexModel, spie: str, split: str, bands: tuple[str, ...], tokens: int
+) -> list[dict]:
     """Encoder maps, fused map, response hidden states and masks of one split."""
     cfg = model.config
     out = []
@@ -50,13 +51,26 @@ def cache_split(model: SpexModel, spie: str, split: str, bands: tuple[str, ...],
         for b in text_batches(SpieIndex(spie, split=split), bands, cfg.input_size, None, 8, 0, 0):
             maps, fused = model.encode_maps(b.pixels)
             responses = truncate_responses(b.responses, model.llm.tokenizer, tokens)
-            packed = model.llm.pack(visual_tokens(fused, cfg.visual_token_budget),
-                                    b.instructions, cfg.system_prompt, responses)
-            hidden, _ = model.llm.hidden_states(packed.embeds, packed.attention_mask,
-                                                packed.position_ids)
-            out.append({"maps": maps, "fused": fused, "hidden": hidden,
-                        "keep": packed.response_mask, "masks": b.masks, "valid": b.valid,
-                        "targets": b.targets})
+            packed = model.llm.pack(
+                visual_tokens(fused, cfg.visual_token_budget),
+                b.instructions,
+                cfg.system_prompt,
+                responses,
+            )
+            hidden, _ = model.llm.hidden_states(
+                packed.embeds, packed.attention_mask, packed.position_ids
+            )
+            out.append(
+                {
+                    "maps": maps,
+                    "fused": fused,
+                    "hidden": hidden,
+                    "keep": packed.response_mask,
+                    "masks": b.masks,
+                    "valid": b.valid,
+                    "targets": b.targets,
+                }
+            )
     return out
 
 
@@ -85,8 +99,15 @@ def pooled_iou(model: SpexModel, data: list[dict], variant: str) -> dict[str, fl
     return {t: round(float(c[0] / max(1.0, c.sum())), 3) for t, c in sorted(counts.items())}
 
 
-def train_variant(base: SpexModel, train: list[dict], val: list[dict], variant: str,
-                  steps: int, lr: float, seed: int) -> dict:
+def train_variant(
+    base: SpexModel,
+    train: list[dict],
+    val: list[dict],
+    variant: str,
+    steps: int,
+    lr: float,
+    seed: int,
+) -> dict:
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
     params = [p for n, p in model.named_parameters() if n.startswith(MASK_BRANCH)]
@@ -97,14 +118,19 @@ def train_variant(base: SpexModel, train: list[dict], val: list[dict], variant: 
         d = train[rng.integers(len(train))]
         lg, w = logits(model, d, variant), d["valid"].float()
         bce = (F.binary_cross_entropy_with_logits(lg, d["masks"], reduction="none") * w).sum()
-        loss = (base.config.loss_bce * bce / w.sum().clamp(min=1.0)
-                + base.config.loss_dice * dice_loss(lg, d["masks"], w))
+        loss = base.config.loss_bce * bce / w.sum().clamp(
+            min=1.0
+        ) + base.config.loss_dice * dice_loss(lg, d["masks"], w)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {"variant": variant, "steps": steps, "seconds": round(time.perf_counter() - start, 1),
-            "train_iou": pooled_iou(model, train, variant),
-            "val_iou": pooled_iou(model, val, variant)}
+    return {
+        "variant": variant,
+        "steps": steps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "train_iou": pooled_iou(model, train, variant),
+        "val_iou": pooled_iou(model, val, variant),
+    }
 
 
 def main() -> None:
@@ -120,14 +146,18 @@ def main() -> None:
     torch.set_num_threads(2)
     model = load_checkpoint(args.checkpoint)
     if model.target_tokens is None or model.detail is None:
-        sys.exit(f"{args.checkpoint}: needs a checkpoint with the detail path and target "
-                 "tokens (any stage-1 checkpoint of the current tiny config)")
+        sys.exit(
+            f"{args.checkpoint}: needs a checkpoint with the detail path and target "
+            "tokens (any stage-1 checkpoint of the current tiny config)"
+        )
     bands = tuple(args.bands)
     train = cache_split(model, args.spie, "train", bands, 32)
     val = cache_split(model, args.spie, "val", bands, 32)
     for variant in args.variants:
-        print(json.dumps(train_variant(model, train, val, variant, args.steps, args.lr,
-                                       args.seed)), flush=True)
+        print(
+            json.dumps(train_variant(model, train, val, variant, args.steps, args.lr, args.seed)),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,16 @@ def evaluate_spex(
     """Evaluate the given weights against index + Otsu on ``split``; ``per_target``
     maps target -> checkpoint of a per-target model (method ``spex-per-target``)."""
     logger = get_run_logger()
-    result = run_evaluation(spie, out_dir, spex=spex, mvpnet=mvpnet, split=split,
-                            methods=tuple(methods or METHODS), progress=logger.info,
-                            per_target=per_target)
+    result = run_evaluation(
+        spie,
+        out_dir,
+        spex=spex,
+        mvpnet=mvpnet,
+        split=split,
+        methods=tuple(methods or METHODS),
+        progress=logger.info,
+        per_target=per_target,
+    )
     rows = result["rows"]
     create_markdown_artifact(
         key=f"evaluate-spex-{split}",

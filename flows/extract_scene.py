@@ -93,7 +93,10 @@ def extract_scene(
         batches = [[t.index for t in b] for b in plan.pending_batches()]
         logger.info(
             "%s: %d tiles, %d pending in %d batches%s",
-            plan.scene_name, len(plan.grid), sum(map(len, batches)), len(batches),
+            plan.scene_name,
+            len(plan.grid),
+            sum(map(len, batches)),
+            len(batches),
             " (already complete)" if plan.done else "",
         )
         if batches:

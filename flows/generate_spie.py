@@ -17,15 +17,17 @@ SHARED_SETS = ["s2-l1c-berlin", "l7-raleigh", "landsat-gewata", "s2-l1c-slovenia
 
 
 @task(task_run_name="build-{dataset}")
-def build_subset(
-    dataset: str, out_dir: str, root: str | None, config: BuildConfig
-) -> dict:
+def build_subset(dataset: str, out_dir: str, root: str | None, config: BuildConfig) -> dict:
     """Build (or extend) one data set's subset; returns the build report."""
     report = build(dataset, out_dir, root=root, config=config)
     logger = get_run_logger()
     logger.info(
         "%s: %d new samples (%d already present) in %.1f s = %.1f samples/s",
-        dataset, report.n_samples, report.n_existing, report.seconds, report.samples_per_second,
+        dataset,
+        report.n_samples,
+        report.n_existing,
+        report.seconds,
+        report.samples_per_second,
     )
     return report.as_dict()
 

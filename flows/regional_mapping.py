@@ -44,9 +44,16 @@ def extract_one(region: Region, scene: SceneRef, target: str) -> SceneOutcome:
     """Run ``extract-scene`` as a sub-flow; a failure becomes an outcome, not a crash."""
     opts = region.extraction
     state = extract_scene.with_options(flow_run_name=f"{scene.id}-{target}")(
-        scene=scene.path, target=target, sensor=region.sensor, model=opts.model,
-        tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
-        out_dir=str(scenes_dir(region)), max_workers=1, return_state=True,
+        scene=scene.path,
+        target=target,
+        sensor=region.sensor,
+        model=opts.model,
+        tile=opts.tile,
+        overlap=opts.overlap,
+        batch_size=opts.batch_size,
+        out_dir=str(scenes_dir(region)),
+        max_workers=1,
+        return_state=True,
     )
     if state.is_completed():
         return SceneOutcome(scene, target, outputs=state.result()[0])
@@ -80,8 +87,13 @@ def regional_mapping(
     reg = load_region(region)
     selection = find_scenes(reg)
     run = run_id or new_run_id()
-    logger.info("%s run %s: %d scene(s), %d skipped", reg.name, run, len(selection.scenes),
-                len(selection.skipped))
+    logger.info(
+        "%s run %s: %d scene(s), %d skipped",
+        reg.name,
+        run,
+        len(selection.scenes),
+        len(selection.skipped),
+    )
     runner = ThreadPoolTaskRunner(max_workers=max_concurrent or reg.max_concurrent)
     outcomes = extract_all.with_options(task_runner=runner)(reg, selection.scenes)
     folder = run_dir(reg, run)
@@ -92,25 +104,30 @@ def regional_mapping(
             masks, missing = mosaic_inputs(outcomes, target)
             if masks:
                 mosaics[target] = mosaic_masks(
-                    masks, reg.aoi, mosaic_path(reg, run, target), resolution=reg.resolution,
-                    missing=missing, tags={"SPEX_REGION": reg.name, "SPEX_RUN_ID": run,
-                                           "SPEX_TARGET": target},
+                    masks,
+                    reg.aoi,
+                    mosaic_path(reg, run, target),
+                    resolution=reg.resolution,
+                    missing=missing,
+                    tags={"SPEX_REGION": reg.name, "SPEX_RUN_ID": run, "SPEX_TARGET": target},
                 )
         collection = build_collection(reg, run, outcomes, mosaics, folder) if mosaics else None
         report = build_run_report(reg, run, selection, outcomes, mosaics, previous)
         report_file = write_run_report(folder, report)
     create_markdown_artifact(
         key=re.sub(r"[^a-z0-9-]+", "-", f"region-{reg.name}-{run}".lower()),
-        markdown=report_markdown(report), description=f"regional mapping of {reg.name}",
+        markdown=report_markdown(report),
+        description=f"regional mapping of {reg.name}",
     )
     failed = report["scenes"]["failed"]
     for f in failed:
-        logger.warning("missing from run %s: %s (%s): %s", run, f["scene"], f["target"],
-                       f["error"])
+        logger.warning("missing from run %s: %s (%s): %s", run, f["scene"], f["target"], f["error"])
     if not mosaics:
         first = f"; first error: {failed[0]['error']}" if failed else ""
-        raise OutputError(f"region {reg.name}: no scene could be mapped in run {run} "
-                          f"({len(selection.scenes)} selected{first}); see {report_file}")
+        raise OutputError(
+            f"region {reg.name}: no scene could be mapped in run {run} "
+            f"({len(selection.scenes)} selected{first}); see {report_file}"
+        )
     return {
         "run_id": run,
         "run_dir": str(folder),

@@ -50,11 +50,19 @@ def retrain_on_new_data(
     incumbent = reg.resolve("default")
     method = "index-otsu" if incumbent == "index" else "spex"
     incumbent_eval = run_evaluation(
-        spie_dir, run / "eval-incumbent", spex=None if incumbent == "index" else incumbent,
-        mvpnet=None, split=split, methods=(method,),
+        spie_dir,
+        run / "eval-incumbent",
+        spex=None if incumbent == "index" else incumbent,
+        mvpnet=None,
+        split=split,
+        methods=(method,),
     )
     candidate_eval = run_evaluation(
-        spie_dir, run / "eval-candidate", spex=candidate, mvpnet=None, split=split,
+        spie_dir,
+        run / "eval-candidate",
+        spex=candidate,
+        mvpnet=None,
+        split=split,
         methods=("spex",),
     )
     decision = decide(

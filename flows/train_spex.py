@@ -48,7 +48,8 @@ def _stage(n: int, config: str, overrides: dict[str, Any]) -> list[dict[str, Any
     finally:
         torch.set_num_threads(threads)
     create_table_artifact(
-        key=f"{_slug(cfg.out)}-stage{n}-losses", table=history,
+        key=f"{_slug(cfg.out)}-stage{n}-losses",
+        table=history,
         description=f"stage {n} per-epoch losses ({cfg.out})",
     )
     return history
@@ -98,8 +99,10 @@ def train_spex(
     lines = [f"# train-spex: {cfg.out}", "", f"final checkpoint: `{checkpoint}`", ""]
     for n, hist in histories.items():
         if hist:
-            lines.append(f"- stage {n}: {len(hist)} epochs, first loss {hist[0]['loss']}, "
-                         f"last loss {hist[-1]['loss']}")
+            lines.append(
+                f"- stage {n}: {len(hist)} epochs, first loss {hist[0]['loss']}, "
+                f"last loss {hist[-1]['loss']}"
+            )
     create_markdown_artifact(key=f"{_slug(cfg.out)}-summary", markdown="\n".join(lines))
     return {"checkpoint": checkpoint, "histories": {str(k): v for k, v in histories.items()}}
 

@@ -33,12 +33,19 @@ def watch_datasets(
     for change in changes:
         emit_event(
             event=EVENT,
-            resource={"prefect.resource.id": f"spex.dataset.{change.dataset}",
-                      "spex.dataset": change.dataset},
+            resource={
+                "prefect.resource.id": f"spex.dataset.{change.dataset}",
+                "spex.dataset": change.dataset,
+            },
             payload={"previous": change.previous, "current": change.current},
         )
-        logger.info("%s changed (%s -> %s): emitted %s", change.dataset,
-                    (change.previous or "new")[:12], change.current[:12], EVENT)
+        logger.info(
+            "%s changed (%s -> %s): emitted %s",
+            change.dataset,
+            (change.previous or "new")[:12],
+            change.current[:12],
+            EVENT,
+        )
     return [asdict(c) for c in changes]
 
 

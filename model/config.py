@@ -146,8 +146,12 @@ def tiny(bands: tuple[str, ...] = DEFAULT_BANDS, **overrides: Any) -> SpexConfig
     """CPU default: a small ConvNeXt (widths 16-128), a ~1.5M-parameter Qwen2, a SAM
     decoder of width 64 with the fine-detail path and target tokens, 128 px inputs.
     Trains and runs on 2 cores."""
-    cfg = SpexConfig(name="tiny", bands=tuple(bands), prompt_targets=DEFAULT_TARGETS,
-                     decoder=DecoderConfig(detail_features=True))
+    cfg = SpexConfig(
+        name="tiny",
+        bands=tuple(bands),
+        prompt_targets=DEFAULT_TARGETS,
+        decoder=DecoderConfig(detail_features=True),
+    )
     return replace(cfg, **overrides)
 
 

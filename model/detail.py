@@ -36,6 +36,7 @@ class DetailFusion(nn.Module):
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         fine, coarse = maps[0], maps[1]
-        up = F.interpolate(self.coarse(coarse), size=fine.shape[-2:], mode="bilinear",
-                           align_corners=False)
+        up = F.interpolate(
+            self.coarse(coarse), size=fine.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.fuse(self.fine(fine) + up)

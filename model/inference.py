@@ -262,8 +262,9 @@ class SpexExtractor:
     ) -> tuple[np.ndarray, list[str]]:
         padded, content = letterbox(x, self.config.input_size)
         with autocast_for(self.device, self.use_autocast):
-            pred = self.model.infer(padded, instructions, self.settings, timings,
-                                    targets=[target] * len(instructions))
+            pred = self.model.infer(
+                padded, instructions, self.settings, timings, targets=[target] * len(instructions)
+            )
         logits = unletterbox(pred.mask_logits.float(), content, out)
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32), pred.texts
 

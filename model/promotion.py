@@ -47,8 +47,10 @@ class PromotionDecision:
     @property
     def reason(self) -> str:
         if self.promote:
-            return (f"{self.candidate} does not regress on any of {len(self.comparisons)} "
-                    f"(set, target) pairs against {self.incumbent}: promoted")
+            return (
+                f"{self.candidate} does not regress on any of {len(self.comparisons)} "
+                f"(set, target) pairs against {self.incumbent}: promoted"
+            )
         worst = ", ".join(
             f"{c.dataset}/{c.target} {_fmt(c.incumbent)} -> {_fmt(c.candidate)}"
             for c in self.regressions
@@ -66,8 +68,10 @@ class PromotionDecision:
         ]
         for c in self.comparisons:
             mark = " (regression)" if c in self.regressions else ""
-            lines.append(f"| {c.dataset} | {c.target} | {_fmt(c.incumbent)} | "
-                         f"{_fmt(c.candidate)} | {_fmt(c.delta)}{mark} |")
+            lines.append(
+                f"| {c.dataset} | {c.target} | {_fmt(c.incumbent)} | "
+                f"{_fmt(c.candidate)} | {_fmt(c.delta)}{mark} |"
+            )
         return "\n".join(lines)
 
 
@@ -77,8 +81,9 @@ def _fmt(value: float | None) -> str:
 
 def iou_by_key(rows: Iterable[Mapping[str, Any]], method: str) -> dict[Key, float | None]:
     """IoU per (set, target) of one method's evaluation rows (model.training.evaluate)."""
-    return {(str(r["set"]), str(r["target"])): r.get("iou") for r in rows
-            if r.get("method") == method}
+    return {
+        (str(r["set"]), str(r["target"])): r.get("iou") for r in rows if r.get("method") == method
+    }
 
 
 def decide(
@@ -97,7 +102,8 @@ def decide(
         for s, t in sorted(incumbent, key=lambda k: (k[0] == "all", k))
     )
     regressions = tuple(
-        c for c in comparisons
+        c
+        for c in comparisons
         if c.incumbent is not None
         and (c.candidate is None or c.candidate < c.incumbent - tolerance)
     )

@@ -66,9 +66,7 @@ class SpexModel(nn.Module):
         self.detail = (
             DetailFusion(self.encoder.channels[:2], d_dec // 8) if dc.detail_features else None
         )
-        self.target_tokens = (
-            TargetTokens(cfg.prompt_targets, d_dec) if cfg.prompt_targets else None
-        )
+        self.target_tokens = TargetTokens(cfg.prompt_targets, d_dec) if cfg.prompt_targets else None
         if dc.pretrained_path:
             self.decoder.load_sam_checkpoint(dc.pretrained_path)
         if cfg.encoder.pretrained_path:
@@ -178,9 +176,7 @@ class SpexModel(nn.Module):
             )
         gen = self.llm.generate(prompt, settings, timings)
         with stage_timer(timings, "tcp_decoder", pixels):
-            logits = self.decode_mask(
-                maps, fused, gen.hidden, gen.mask, pixels.shape[-1], targets
-            )
+            logits = self.decode_mask(maps, fused, gen.hidden, gen.mask, pixels.shape[-1], targets)
         return SpexPrediction(logits, gen.texts, gen.tokens)
 
 

@@ -35,6 +35,7 @@ class TargetTokens(nn.Module):
             raise ValueError(
                 f"this model was trained for targets {list(self.targets)}; got {unknown}"
             )
-        ids = torch.tensor([self.targets.index(t) for t in targets],
-                           device=self.embed.weight.device)
+        ids = torch.tensor(
+            [self.targets.index(t) for t in targets], device=self.embed.weight.device
+        )
         return self.embed(ids)[:, None]

@@ -135,8 +135,11 @@ def apg(
             crs=data.rio.crs,
             transform=data.rio.transform(),
             nodata=255,
-            tags={"SPEX_INDEX": index_name, "SPEX_THRESHOLD": repr(result.threshold),
-                  "SPEX_TARGET": result.target},
+            tags={
+                "SPEX_INDEX": index_name,
+                "SPEX_THRESHOLD": repr(result.threshold),
+                "SPEX_TARGET": result.target,
+            },
         )
     if as_json:
         typer.echo(
@@ -215,9 +218,7 @@ def extract(
                 bar.total = len(plan.grid)
                 bar.update(len(plan.grid) - pending)
 
-            paths = run_extraction(
-                str(scene), settings, out, on_plan=on_plan, on_batch=bar.update
-            )
+            paths = run_extraction(str(scene), settings, out, on_plan=on_plan, on_batch=bar.update)
         typer.echo(json.dumps(paths))
 
 

@@ -29,15 +29,16 @@ ConfigOpt = Annotated[
     str, typer.Option("--config", help="Training YAML (or a name in model/training/configs).")
 ]
 OutOpt = Annotated[str | None, typer.Option("--out", help="Run folder (overrides the config's).")]
-SpieOpt = Annotated[
-    str | None, typer.Option("--spie", help="SPIE store (overrides the config's).")
-]
+SpieOpt = Annotated[str | None, typer.Option("--spie", help="SPIE store (overrides the config's).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed (overrides the config's).")]
 TargetOpt = Annotated[
     list[str] | None,
-    typer.Option("--target", help="Per-target model: stage 2 only on this target's samples, "
-                 "from the stage-1 checkpoint of the run in --out (or the config's out), "
-                 "into <out>-<target>. Repeatable."),
+    typer.Option(
+        "--target",
+        help="Per-target model: stage 2 only on this target's samples, "
+        "from the stage-1 checkpoint of the run in --out (or the config's out), "
+        "into <out>-<target>. Repeatable.",
+    ),
 ]
 SpexOpt = Annotated[str | None, typer.Option("--spex", help="SPEX checkpoint folder.")]
 MvpOpt = Annotated[str | None, typer.Option("--mvpnet", help="MVPNet weights folder.")]
@@ -72,8 +73,9 @@ def train_command(
     def on_step(n: int, step: int, total: int, losses: dict[str, float]) -> None:
         bar = bars.get(n)
         if bar is None:
-            bar = bars[n] = tqdm(total=total, initial=step - 1, desc=f"stage {n}",
-                                 unit="step", file=sys.stderr)
+            bar = bars[n] = tqdm(
+                total=total, initial=step - 1, desc=f"stage {n}", unit="step", file=sys.stderr
+            )
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
 
@@ -99,8 +101,10 @@ def eval_command(
     method: MethodOpt = None,
     spex_target: Annotated[
         list[str] | None,
-        typer.Option("--spex-target", help="TARGET=CHECKPOINT of a per-target model "
-                     "(method spex-per-target). Repeatable."),
+        typer.Option(
+            "--spex-target",
+            help="TARGET=CHECKPOINT of a per-target model (method spex-per-target). Repeatable.",
+        ),
     ] = None,
 ) -> None:
     """Recall, precision, OA, F1, IoU per set and target for index + Otsu, MVPNet, SPEX
@@ -128,16 +132,27 @@ def eval_command(
         if path and not Path(path).exists():
             typer.echo(f"error: {label} weights not found: {path}", err=True)
             raise typer.Exit(2)
-    result = run_evaluation(spie, out, spex=spex, mvpnet=mvpnet, split=split,
-                            methods=tuple(method or METHODS), progress=progress,
-                            per_target=per_target)
+    result = run_evaluation(
+        spie,
+        out,
+        spex=spex,
+        mvpnet=mvpnet,
+        split=split,
+        methods=tuple(method or METHODS),
+        progress=progress,
+        per_target=per_target,
+    )
     bar.close()
     typer.echo(iou_table(result["rows"]))
     typer.echo(json.dumps({"paths": result["paths"], "goal": result["goal"]}))
 
 
-app = typer.Typer(help="SPEX training and evaluation.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="SPEX training and evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 train_app = app

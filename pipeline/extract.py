@@ -155,7 +155,9 @@ def scene_name(source: str | Path | Sequence[str | Path]) -> str:
 
 
 def load_extractor(
-    model: str, threshold_mode: str = "scene", device: str | None = None,
+    model: str,
+    threshold_mode: str = "scene",
+    device: str | None = None,
     target: str | None = None,
 ) -> Extractor:
     """The extractor named by ``--model`` (for ``target``, which 'default' may depend on).
@@ -218,9 +220,7 @@ def _fingerprint(payload: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=8)
-def _open_cached(
-    source: str | tuple[str, ...], open_json: str, identity_json: str
-) -> xr.DataArray:
+def _open_cached(source: str | tuple[str, ...], open_json: str, identity_json: str) -> xr.DataArray:
     """One lazy scene per process and input: the batches a worker runs share it, and a
     file replaced under the same name (``identity_json`` changes) is opened afresh."""
     kwargs = json.loads(open_json)
@@ -355,8 +355,10 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
 def _tags(plan: ExtractionPlan) -> dict[str, str]:
     """Provenance as flat GeoTIFF metadata tags (strings)."""
     prov = _provenance(plan)
-    return {f"SPEX_{k.upper()}": v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-            for k, v in prov.items()}
+    return {
+        f"SPEX_{k.upper()}": v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        for k, v in prov.items()
+    }
 
 
 def _provenance(plan: ExtractionPlan) -> dict[str, Any]:
@@ -404,9 +406,7 @@ def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
 def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     outputs = plan.outputs
     store = TileStore.open(plan.store_path, plan.fingerprint)
-    store.finalise(
-        outputs.mask, outputs.probability, plan.settings.threshold, tags=_tags(plan)
-    )
+    store.finalise(outputs.mask, outputs.probability, plan.settings.threshold, tags=_tags(plan))
     scene = _open(plan.source, plan.open_kwargs)
     if outputs.zarr is not None:
         _write_zarr(outputs, plan)
@@ -433,7 +433,10 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     }
     properties = {f"spex:{k}": v for k, v in _provenance(plan).items()}
     item = build_item(
-        outputs.mask.stem, outputs.mask, acquired=_acquired(plan), assets=assets,
+        outputs.mask.stem,
+        outputs.mask,
+        acquired=_acquired(plan),
+        assets=assets,
         properties=properties,
     )
     validate_item(item)
@@ -457,8 +460,9 @@ def _write_zarr(outputs: OutputPaths, plan: ExtractionPlan) -> None:
         layers["probability"] = outputs.probability
     dataset = xr.Dataset(
         {
-            name: rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False)
-            .squeeze("band", drop=True)
+            name: rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False).squeeze(
+                "band", drop=True
+            )
             for name, path in layers.items()
         }
     )

@@ -176,8 +176,7 @@ def mosaic_masks(
     if not masks and grid is None:
         raise OutputError(f"no scene masks for {out_path.name} and no grid to write nodata on")
     grid = grid or region_grid(aoi, masks[0].path, resolution)
-    stats = MosaicStats(per_scene={m.scene: {"target_m2": 0.0, "observed_m2": 0.0}
-                                   for m in masks})
+    stats = MosaicStats(per_scene={m.scene: {"target_m2": 0.0, "observed_m2": 0.0} for m in masks})
     all_tags = {
         "SPEX_MOSAIC_SCENES": json.dumps([m.scene for m in masks]),
         "SPEX_MOSAIC_MISSING": json.dumps([dict(m) for m in missing], sort_keys=True),
@@ -189,10 +188,20 @@ def mosaic_masks(
     try:
         intermediate = work / "mosaic.tif"
         profile: dict[str, Any] = {
-            "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1,
-            "dtype": "uint8", "nodata": MASK_NODATA, "crs": grid.crs,
-            "transform": grid.transform, "tiled": True, "blockxsize": 256,
-            "blockysize": 256, "compress": "deflate", "zlevel": 1, "bigtiff": "IF_SAFER",
+            "driver": "GTiff",
+            "height": grid.height,
+            "width": grid.width,
+            "count": 1,
+            "dtype": "uint8",
+            "nodata": MASK_NODATA,
+            "crs": grid.crs,
+            "transform": grid.transform,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+            "zlevel": 1,
+            "bigtiff": "IF_SAFER",
         }
         with contextlib.ExitStack() as stack:
             stack.enter_context(rasterio.Env(**GDAL_ENV))
@@ -200,18 +209,26 @@ def mosaic_masks(
             vrts = []
             for m in masks:
                 src = stack.enter_context(rasterio.open(m.path))
-                vrts.append(stack.enter_context(WarpedVRT(
-                    src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                    height=grid.height, resampling=Resampling.nearest, nodata=MASK_NODATA,
-                )))
+                vrts.append(
+                    stack.enter_context(
+                        WarpedVRT(
+                            src,
+                            crs=grid.crs,
+                            transform=grid.transform,
+                            width=grid.width,
+                            height=grid.height,
+                            resampling=Resampling.nearest,
+                            nodata=MASK_NODATA,
+                        )
+                    )
+                )
             for win in _windows(grid, window):
                 _mosaic_window(win, grid, aoi, masks, vrts, dst, stats)
         with atomic_path(out_path) as tmp:
             to_cog(intermediate, tmp, kind="mask", nodata=MASK_NODATA, tags=all_tags)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return MosaicResult(out_path, grid, [m.scene for m in masks],
-                        [dict(m) for m in missing], stats)
+    return MosaicResult(out_path, grid, [m.scene for m in masks], [dict(m) for m in missing], stats)
 
 
 def _mosaic_window(
@@ -225,7 +242,9 @@ def _mosaic_window(
 ) -> None:
     h, w = int(win.height), int(win.width)
     inside = geometry_mask(
-        [aoi.geometry], out_shape=(h, w), transform=window_transform(win, grid.transform),
+        [aoi.geometry],
+        out_shape=(h, w),
+        transform=window_transform(win, grid.transform),
         invert=True,
     )
     areas = row_areas(grid.crs, grid.transform, int(win.row_off), h)[:, None]
@@ -244,8 +263,9 @@ def _mosaic_window(
     dst.write(out, 1, window=win)
 
 
-def compare_masks(previous: str | Path, current: str | Path,
-                  window: int = WINDOW) -> dict[str, float] | None:
+def compare_masks(
+    previous: str | Path, current: str | Path, window: int = WINDOW
+) -> dict[str, float] | None:
     """Pixel change between two mosaics on the same grid, in m2 (None if grids differ).
 
     ``gained``: target now, not target before; ``lost``: the reverse; only pixels

@@ -197,8 +197,10 @@ def _expect(raw: Mapping[str, Any], allowed: set[str], required: set[str], where
         raise CatalogError(f"{where}: expected a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise CatalogError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
-                           f"allowed: {', '.join(sorted(allowed))}")
+        raise CatalogError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
     missing = sorted(required - set(raw))
     if missing:
         raise CatalogError(f"{where}: missing key(s) {', '.join(missing)}")
@@ -226,7 +228,8 @@ def _ring_ok(ring: Any) -> bool:
         isinstance(ring, list)
         and len(ring) >= 4
         and all(
-            isinstance(p, list | tuple) and len(p) >= 2
+            isinstance(p, list | tuple)
+            and len(p) >= 2
             and all(isinstance(v, int | float) and math.isfinite(v) for v in p[:2])
             for p in ring
         )
@@ -250,8 +253,12 @@ def _geometry(raw: Any, where: str) -> dict[str, Any]:
         raise CatalogError(f"{where}: expected a GeoJSON Polygon or MultiPolygon")
     coords = raw.get("coordinates")
     polygons = [coords] if raw["type"] == "Polygon" else coords
-    if not isinstance(polygons, list) or not polygons or not all(
-        isinstance(poly, list) and poly and all(_ring_ok(r) for r in poly) for poly in polygons
+    if (
+        not isinstance(polygons, list)
+        or not polygons
+        or not all(
+            isinstance(poly, list) and poly and all(_ring_ok(r) for r in poly) for poly in polygons
+        )
     ):
         raise CatalogError(
             f"{where}: polygon rings must be closed lists of >= 4 [x, y] number pairs"
@@ -267,7 +274,8 @@ def _aoi(raw: Any, where: str) -> Aoi:
     if "bbox" in raw:
         box = raw["bbox"]
         if (
-            not isinstance(box, list) or len(box) != 4
+            not isinstance(box, list)
+            or len(box) != 4
             or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)
             or not (box[0] < box[2] and box[1] < box[3])
         ):
@@ -279,8 +287,13 @@ def _aoi(raw: Any, where: str) -> Aoi:
 
 
 # Five-field cron: minute hour day-of-month month day-of-week (names allowed).
-_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31),
-                ("month", 1, 12), ("day of week", 0, 7))
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _CRON_NAMES = {
@@ -297,8 +310,13 @@ def validate_cron(expr: str, where: str = "cron") -> str:
     for k, (text, (label, lo, hi)) in enumerate(zip(fields, _CRON_FIELDS, strict=True)):
         names = _CRON_NAMES.get(k, {})
 
-        def value(token: str, label: str = label, lo: int = lo, hi: int = hi,
-                  names: dict[str, int] = names) -> int:
+        def value(
+            token: str,
+            label: str = label,
+            lo: int = lo,
+            hi: int = hi,
+            names: dict[str, int] = names,
+        ) -> int:
             v = names.get(token.lower()) if token.isalpha() else None
             if v is None:
                 if not token.isdigit():
@@ -322,8 +340,12 @@ def validate_cron(expr: str, where: str = "cron") -> str:
 
 
 def _source(raw: Any, roots: Roots, where: str) -> SceneSource:
-    _expect(raw, {"type", "root", "path", "glob", "asset", "start", "end", "max_cloud_cover"},
-            {"type", "root"}, where)
+    _expect(
+        raw,
+        {"type", "root", "path", "glob", "asset", "start", "end", "max_cloud_cover"},
+        {"type", "root"},
+        where,
+    )
     kind = raw["type"]
     if kind not in SOURCE_TYPES:
         raise CatalogError(f"{where}.type: {kind!r} is not one of {', '.join(SOURCE_TYPES)}")
@@ -334,8 +356,9 @@ def _source(raw: Any, roots: Roots, where: str) -> SceneSource:
         raise CatalogError(f"{where}: a STAC source needs path (its catalog.json)")
     rel = str(path if path is not None else pattern)
     if Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise CatalogError(f"{where}: {rel!r} must be relative to root {raw['root']!r} "
-                           "without '..'")
+        raise CatalogError(
+            f"{where}: {rel!r} must be relative to root {raw['root']!r} without '..'"
+        )
     # The non-glob prefix must exist under the root; matches are checked again later.
     prefix = Path(rel.split("*")[0].split("?")[0].split("[")[0] or ".")
     roots.resolve(raw["root"], str(prefix), f"{where}.{'path' if path else 'glob'}")
@@ -345,8 +368,16 @@ def _source(raw: Any, roots: Roots, where: str) -> SceneSource:
     start, end = _date(raw.get("start"), f"{where}.start"), _date(raw.get("end"), f"{where}.end")
     if start and end and start > end:
         raise CatalogError(f"{where}: start {start} is after end {end}")
-    return SceneSource(kind, raw["root"], path, pattern, raw.get("asset"), start, end,
-                       None if cloud is None else float(cloud))
+    return SceneSource(
+        kind,
+        raw["root"],
+        path,
+        pattern,
+        raw.get("asset"),
+        start,
+        end,
+        None if cloud is None else float(cloud),
+    )
 
 
 def _int(raw: Mapping[str, Any], key: str, default: int, lo: int, where: str) -> int:
@@ -362,9 +393,7 @@ def _int(raw: Mapping[str, Any], key: str, default: int, lo: int, where: str) ->
 def region_path(name: str, catalog_dir: Path = CATALOG_DIR) -> Path:
     """The catalog file of region ``name`` (names cannot contain path separators)."""
     if not _NAME.match(name):
-        raise CatalogError(
-            f"region name {name!r} must be lowercase letters, digits, '-' or '_'"
-        )
+        raise CatalogError(f"region name {name!r} must be lowercase letters, digits, '-' or '_'")
     path = catalog_dir / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(list_regions(catalog_dir)) or "none"
@@ -377,21 +406,40 @@ def list_regions(catalog_dir: Path = CATALOG_DIR) -> list[str]:
     return sorted(p.stem for p in catalog_dir.glob("*.yaml")) if catalog_dir.is_dir() else []
 
 
-def load_region(name_or_path: str | Path, roots: Roots | None = None,
-                catalog_dir: Path = CATALOG_DIR) -> Region:
+def load_region(
+    name_or_path: str | Path, roots: Roots | None = None, catalog_dir: Path = CATALOG_DIR
+) -> Region:
     """Load and validate a region by name (from ``catalog_dir``) or from a YAML path."""
     from pipeline.sensors import load_sensor
     from pipeline.targets import load_target
 
     roots = roots or Roots.default()
     text_path = Path(name_or_path)
-    path = text_path if text_path.suffix in (".yaml", ".yml") else region_path(
-        str(name_or_path), catalog_dir)
+    path = (
+        text_path
+        if text_path.suffix in (".yaml", ".yml")
+        else region_path(str(name_or_path), catalog_dir)
+    )
     where = path.name
     raw = read_catalog_yaml(path, "region")
-    _expect(raw, {"name", "title", "aoi", "targets", "sensor", "scenes", "output", "schedule",
-                  "extraction", "resolution", "max_concurrent"},
-            {"name", "aoi", "targets", "scenes", "output", "schedule"}, where)
+    _expect(
+        raw,
+        {
+            "name",
+            "title",
+            "aoi",
+            "targets",
+            "sensor",
+            "scenes",
+            "output",
+            "schedule",
+            "extraction",
+            "resolution",
+            "max_concurrent",
+        },
+        {"name", "aoi", "targets", "scenes", "output", "schedule"},
+        where,
+    )
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.match(name):
         raise CatalogError(f"{where}.name: {name!r} must be lowercase letters, digits, - or _")
@@ -499,9 +547,13 @@ def _stac_candidates(region: Region) -> list[SceneRef]:
         raise CatalogError(f"{where}: cannot read STAC catalog {catalog_file}: {exc}") from exc
     refs = []
     for item in items:
-        asset = item.assets.get(src.asset) if src.asset else next(
-            (a for a in item.assets.values() if "data" in (a.roles or [])),
-            next(iter(item.assets.values()), None),
+        asset = (
+            item.assets.get(src.asset)
+            if src.asset
+            else next(
+                (a for a in item.assets.values() if "data" in (a.roles or [])),
+                next(iter(item.assets.values()), None),
+            )
         )
         if asset is None:
             raise CatalogError(f"{where}: STAC item {item.id} has no asset {src.asset!r}")
@@ -509,8 +561,14 @@ def _stac_candidates(region: Region) -> list[SceneRef]:
         real = region.roots.check_inside(src.root, href, f"{where} item {item.id}")
         acquired = item.datetime or item.common_metadata.start_datetime
         cloud = item.properties.get("eo:cloud_cover")
-        refs.append(SceneRef(item.id, str(real), acquired.date() if acquired else None,
-                             None if cloud is None else float(cloud)))
+        refs.append(
+            SceneRef(
+                item.id,
+                str(real),
+                acquired.date() if acquired else None,
+                None if cloud is None else float(cloud),
+            )
+        )
     return refs
 
 
@@ -543,10 +601,12 @@ def find_scenes(region: Region) -> SceneSelection:
             skipped.append((ref.id, f"acquired {ref.acquired}, before {src.start}"))
         elif src.end and ref.acquired and ref.acquired > src.end:
             skipped.append((ref.id, f"acquired {ref.acquired}, after {src.end}"))
-        elif (src.max_cloud_cover is not None and ref.cloud_cover is not None
-              and ref.cloud_cover > src.max_cloud_cover):
-            skipped.append((ref.id, f"cloud cover {ref.cloud_cover:g}% > "
-                                    f"{src.max_cloud_cover:g}%"))
+        elif (
+            src.max_cloud_cover is not None
+            and ref.cloud_cover is not None
+            and ref.cloud_cover > src.max_cloud_cover
+        ):
+            skipped.append((ref.id, f"cloud cover {ref.cloud_cover:g}% > {src.max_cloud_cover:g}%"))
         elif _intersects(ref, region.aoi) is False:
             skipped.append((ref.id, "footprint does not meet the area of interest"))
         else:

@@ -91,8 +91,9 @@ def _r(value: float) -> float:
     return round(float(value), 2)
 
 
-def _change(target: str, mosaic: MosaicResult, region: Region,
-            previous: tuple[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+def _change(
+    target: str, mosaic: MosaicResult, region: Region, previous: tuple[str, dict[str, Any]] | None
+) -> dict[str, Any] | None:
     if previous is None:
         return None
     prev_id, prev = previous
@@ -104,8 +105,9 @@ def _change(target: str, mosaic: MosaicResult, region: Region,
         "previous_run": prev_id,
         "previous_area_m2": _r(prev_area),
         "delta_m2": _r(mosaic.stats.target_m2 - prev_area),
-        "delta_percent": None if prev_area == 0 else round(
-            100.0 * (mosaic.stats.target_m2 - prev_area) / prev_area, 3),
+        "delta_percent": None
+        if prev_area == 0
+        else round(100.0 * (mosaic.stats.target_m2 - prev_area) / prev_area, 3),
     }
     prev_mosaic = run_dir(region, prev_id) / Path(before["mosaic"]).name
     pixels = compare_masks(prev_mosaic, mosaic.path) if prev_mosaic.is_file() else None
@@ -124,8 +126,9 @@ def build_run_report(
     previous: tuple[str, dict[str, Any]] | None,
 ) -> dict[str, Any]:
     """The run report as a JSON-ready dict (deterministic: no clock, no absolute paths)."""
-    failed = [{"scene": o.scene.id, "target": o.target, "error": o.error}
-              for o in outcomes if not o.ok]
+    failed = [
+        {"scene": o.scene.id, "target": o.target, "error": o.error} for o in outcomes if not o.ok
+    ]
     targets: dict[str, Any] = {}
     for target, mosaic in mosaics.items():
         stats = mosaic.stats
@@ -134,8 +137,9 @@ def build_run_report(
             "area_m2": _r(stats.target_m2),
             "observed_m2": _r(stats.observed_m2),
             "nodata_m2": _r(stats.nodata_m2),
-            "share_of_observed": None if stats.observed_m2 == 0 else round(
-                stats.target_m2 / stats.observed_m2, 6),
+            "share_of_observed": None
+            if stats.observed_m2 == 0
+            else round(stats.target_m2 / stats.observed_m2, 6),
             "scenes_used": mosaic.scenes,
             "missing_scenes": mosaic.missing,
             "per_scene": [
@@ -152,11 +156,16 @@ def build_run_report(
         "title": region.title,
         "run_id": run_id,
         "previous_run": previous[0] if previous else None,
-        "aoi": {"crs": region.aoi.crs, "bounds": list(region.aoi.bounds),
-                "area_m2": None if aoi_m2 is None else _r(aoi_m2)},
+        "aoi": {
+            "crs": region.aoi.crs,
+            "bounds": list(region.aoi.bounds),
+            "area_m2": None if aoi_m2 is None else _r(aoi_m2),
+        },
         "scenes": {
-            "selected": [{"scene": s.id, "acquired": s.acquired.isoformat() if s.acquired else None}
-                     for s in selection.scenes],
+            "selected": [
+                {"scene": s.id, "acquired": s.acquired.isoformat() if s.acquired else None}
+                for s in selection.scenes
+            ],
             "skipped": [{"scene": s, "reason": r} for s, r in selection.skipped],
             "failed": failed,
         },
@@ -169,17 +178,22 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     """A short human summary of the run report (also the flow's artifact)."""
     lines = [f"# {report['title']}: run {report['run_id']}", ""]
     lines.append(f"Status: **{report['status']}**; previous run: {report['previous_run']}.")
-    lines += ["", "| target | area (km2) | observed (km2) | change (km2) | gained | lost |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| target | area (km2) | observed (km2) | change (km2) | gained | lost |",
+        "|---|---|---|---|---|---|",
+    ]
     for target, t in report["targets"].items():
         ch = t["change"] or {}
 
         def km2(v: float | None) -> str:
             return "-" if v is None else f"{v / 1e6:.4f}"
 
-        lines.append(f"| {target} | {km2(t['area_m2'])} | {km2(t['observed_m2'])} | "
-                     f"{km2(ch.get('delta_m2'))} | {km2(ch.get('gained_m2'))} | "
-                     f"{km2(ch.get('lost_m2'))} |")
+        lines.append(
+            f"| {target} | {km2(t['area_m2'])} | {km2(t['observed_m2'])} | "
+            f"{km2(ch.get('delta_m2'))} | {km2(ch.get('gained_m2'))} | "
+            f"{km2(ch.get('lost_m2'))} |"
+        )
     failed = report["scenes"]["failed"]
     if failed:
         lines += ["", "## Missing scenes", ""]
@@ -225,17 +239,21 @@ def build_collection(
             item.datetime = _day(o.scene.acquired)
         item.properties["spex:scene"] = o.scene.id
         items.append(item)
-    newest = max((o.scene.acquired for o in outcomes if o.ok and o.scene.acquired),
-                  default=None)
+    newest = max((o.scene.acquired for o in outcomes if o.ok and o.scene.acquired), default=None)
     missing = sorted({o.scene.id for o in outcomes if not o.ok})
     for target, mosaic in mosaics.items():
         item = build_item(
-            f"{region.name}_{target}_mosaic_{run_id}", mosaic.path,
+            f"{region.name}_{target}_mosaic_{run_id}",
+            mosaic.path,
             acquired=_day(newest) or datetime.now(UTC),
             assets={"mask": mosaic.path},
-            properties={"spex:target": target, "spex:region": region.name,
-                        "spex:run_id": run_id, "spex:scenes": mosaic.scenes,
-                        "spex:missing_scenes": mosaic.missing},
+            properties={
+                "spex:target": target,
+                "spex:region": region.name,
+                "spex:run_id": run_id,
+                "spex:scenes": mosaic.scenes,
+                "spex:missing_scenes": mosaic.missing,
+            },
         )
         items.append(_absolute_assets(item, mosaic.path.parent))
     if not items:
@@ -260,11 +278,13 @@ def build_collection(
     collection.make_all_asset_hrefs_relative()
     validator = JsonSchemaSTACValidator()
     try:
-        validator.validate_core(collection.to_dict(), pystac.STACObjectType.COLLECTION,
-                                pystac.get_stac_version())
+        validator.validate_core(
+            collection.to_dict(), pystac.STACObjectType.COLLECTION, pystac.get_stac_version()
+        )
         for item in items:
-            validator.validate_core(item.to_dict(), pystac.STACObjectType.ITEM,
-                                    pystac.get_stac_version())
+            validator.validate_core(
+                item.to_dict(), pystac.STACObjectType.ITEM, pystac.get_stac_version()
+            )
     except pystac.STACValidationError as exc:
         raise OutputError(f"STAC collection of run {run_id} is invalid: {exc}") from exc
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
@@ -280,10 +300,16 @@ def mosaic_inputs(
     done = [o for o in outcomes if o.target == target and o.ok and o.outputs]
     done.sort(key=lambda o: (o.scene.acquired or date.min, o.scene.id), reverse=True)
     masks = [
-        SceneMask(o.scene.id, Path(str(o.outputs["mask"])),  # type: ignore[index]
-                  o.scene.acquired.isoformat() if o.scene.acquired else None)
+        SceneMask(
+            o.scene.id,
+            Path(str(o.outputs["mask"])),  # type: ignore[index]
+            o.scene.acquired.isoformat() if o.scene.acquired else None,
+        )
         for o in done
     ]
-    missing = [{"scene": o.scene.id, "reason": str(o.error)}
-               for o in outcomes if o.target == target and not o.ok]
+    missing = [
+        {"scene": o.scene.id, "reason": str(o.error)}
+        for o in outcomes
+        if o.target == target and not o.ok
+    ]
     return masks, missing

@@ -284,8 +284,10 @@ def _parse_layouts(
         out.append((len(names), tuple(str(n) for n in names)))
     counts = [n for n, _ in out]
     if len(set(counts)) != len(counts) or len(bands) in counts:
-        raise CatalogError(f"{where}: file_layouts must have one layout per band count, "
-                           "other than the full band count")
+        raise CatalogError(
+            f"{where}: file_layouts must have one layout per band count, "
+            "other than the full band count"
+        )
     return tuple(out)
 
 
@@ -299,9 +301,7 @@ def load_sensor(name: str) -> Sensor:
     """The catalog entry ``name``; an unknown name lists the known ones."""
     path = _catalog_dir() / f"{name}.yaml"
     if not name or "/" in name or "\\" in name or not path.is_file():
-        raise CatalogError(
-            f"unknown sensor {name!r}; known sensors: {', '.join(list_sensors())}"
-        )
+        raise CatalogError(f"unknown sensor {name!r}; known sensors: {', '.join(list_sensors())}")
     return load_sensor_file(path)
 
 

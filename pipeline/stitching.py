@@ -244,8 +244,9 @@ class TileStore:
             group.create_array(
                 PROB_ARRAY, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan
             )
-            group.create_array(VALID_ARRAY, shape=shape, chunks=chunks, dtype="bool",
-                               fill_value=False)
+            group.create_array(
+                VALID_ARRAY, shape=shape, chunks=chunks, dtype="bool", fill_value=False
+            )
             group.attrs.update(attrs)
             (tmp / DONE_DIR).mkdir()
             with contextlib.suppress(FileNotFoundError):
@@ -352,8 +353,14 @@ class TileStore:
     # -- blending ------------------------------------------------------------------
 
     def _weight(self, tile: Tile) -> np.ndarray:
-        key = (tile.height, tile.width, tile.overlap_top, tile.overlap_bottom,
-               tile.overlap_left, tile.overlap_right)
+        key = (
+            tile.height,
+            tile.width,
+            tile.overlap_top,
+            tile.overlap_bottom,
+            tile.overlap_left,
+            tile.overlap_right,
+        )
         if key not in self._weights:
             self._weights[key] = tile_weight(tile)
         return self._weights[key]
@@ -433,12 +440,13 @@ class TileStore:
                 mask_tmp = stack.enter_context(atomic_path(mask_path))
                 prob_tmp = stack.enter_context(atomic_path(prob_out)) if prob_out else None
                 cog_args: dict[str, Any] = {
-                    "tags": tags, "blocksize": blocksize, "overview_count": overview_count
+                    "tags": tags,
+                    "blocksize": blocksize,
+                    "overview_count": overview_count,
                 }
                 to_cog(mask_tif, mask_tmp, kind="mask", nodata=MASK_NODATA, **cog_args)
                 if prob_tmp is not None:
-                    to_cog(prob_tif, prob_tmp, kind="probability", nodata=float("nan"),
-                           **cog_args)
+                    to_cog(prob_tif, prob_tmp, kind="probability", nodata=float("nan"), **cog_args)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return mask_path, prob_out
@@ -476,8 +484,7 @@ class TileStore:
                 with np.errstate(invalid="ignore"):
                     mask = (p >= threshold).astype(np.uint8)
                 mask[nodata] = MASK_NODATA
-                win = Window(cols.start, rows.start, cols.stop - cols.start,
-                             rows.stop - rows.start)
+                win = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
                 mask_ds.write(mask, 1, window=win)
                 if prob_ds is not None:
                     prob_ds.write(p.astype(np.float32), 1, window=win)

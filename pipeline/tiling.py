@@ -143,11 +143,13 @@ class TileGrid:
     def intersecting(self, rows: slice, cols: slice) -> list[Tile]:
         """Tiles overlapping the scene window ``rows`` x ``cols``, in index order."""
         r_idx = [
-            k for k, o in enumerate(self.row_offsets)
+            k
+            for k, o in enumerate(self.row_offsets)
             if o < rows.stop and o + self.tile_height > rows.start
         ]
         c_idx = [
-            k for k, o in enumerate(self.col_offsets)
+            k
+            for k, o in enumerate(self.col_offsets)
             if o < cols.stop and o + self.tile_width > cols.start
         ]
         return [self.tiles[r * self.n_cols + c] for r in r_idx for c in c_idx]

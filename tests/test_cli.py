@@ -49,8 +49,9 @@ def test_apg_mask_matches_an_independent_ndwi_otsu(shared_data: Path, tmp_path: 
     """The issue's acceptance command, checked against rasterio + skimage directly."""
     scene = shared_data / "l7-raleigh" / "landsat_multiband.tif"
     out = tmp_path / "m.tif"
-    run = spex("apg", "water", str(scene), "--sensor", "landsat7-etm-dn", "--out", str(out),
-               "--json")
+    run = spex(
+        "apg", "water", str(scene), "--sensor", "landsat7-etm-dn", "--out", str(out), "--json"
+    )
     result = json.loads(run.stdout)
     assert result["instruction"].startswith(
         "Based on the provided image and the attributes of the water regions"
@@ -73,8 +74,16 @@ def test_apg_mask_matches_an_independent_ndwi_otsu(shared_data: Path, tmp_path: 
 
 def test_apg_refuses_buildings_without_swir(shared_data: Path, tmp_path: Path) -> None:
     naip = sorted((shared_data / "naip-north-dakota").glob("*.tif"))[0]
-    run = spex("apg", "building", str(naip), "--sensor", "naip", "--out", str(tmp_path / "m.tif"),
-               check=False)
+    run = spex(
+        "apg",
+        "building",
+        str(naip),
+        "--sensor",
+        "naip",
+        "--out",
+        str(tmp_path / "m.tif"),
+        check=False,
+    )
     assert run.returncode == 2
     assert "NDBI needs S1" in run.stderr and "Traceback" not in run.stderr
     assert not list(tmp_path.iterdir())

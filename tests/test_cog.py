@@ -23,9 +23,16 @@ def naip_products(shared_data, tmp_path_factory) -> dict[str, Path]:
     with rasterio.open(src_path) as src:
         red, nir = (src.read(i).astype(np.float32) for i in (1, 4))
         profile = {
-            "driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
-            "crs": src.crs, "transform": src.transform, "tiled": True,
-            "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+            "driver": "GTiff",
+            "height": src.height,
+            "width": src.width,
+            "count": 1,
+            "crs": src.crs,
+            "transform": src.transform,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
         }
     with np.errstate(invalid="ignore", divide="ignore"):
         ndvi = ((nir - red) / (nir + red)).astype(np.float32)
@@ -45,8 +52,13 @@ def digest(path: Path) -> str:
 
 def test_mask_cog_is_valid_with_overviews_nodata_and_tags(naip_products, tmp_path) -> None:
     before = digest(naip_products["mask"])
-    out = to_cog(naip_products["mask"], tmp_path / "mask_cog.tif", kind="mask",
-                 tags={"spex_version": "0.1.0", "target": "vegetation"}, blocksize=256)
+    out = to_cog(
+        naip_products["mask"],
+        tmp_path / "mask_cog.tif",
+        kind="mask",
+        tags={"spex_version": "0.1.0", "target": "vegetation"},
+        blocksize=256,
+    )
     ok, errors, _ = validate_cog(out)
     assert ok, errors
     with rasterio.open(naip_products["src"]) as src, rasterio.open(out) as cog:
@@ -58,7 +70,9 @@ def test_mask_cog_is_valid_with_overviews_nodata_and_tags(naip_products, tmp_pat
         data = cog.read(1)
         assert set(np.unique(data)) <= {0, 1, 255}
         assert set(np.unique(cog.read(1, out_shape=(cog.height // 2, cog.width // 2)))) <= {
-            0, 1, 255
+            0,
+            1,
+            255,
         }  # nearest overviews keep class values
     with rasterio.open(naip_products["mask"]) as src:
         assert np.array_equal(src.read(1), data)
@@ -67,8 +81,9 @@ def test_mask_cog_is_valid_with_overviews_nodata_and_tags(naip_products, tmp_pat
 
 
 def test_probability_cog(naip_products, tmp_path) -> None:
-    out = to_cog(naip_products["prob"], tmp_path / "prob_cog.tif", kind="probability",
-                 blocksize=256)
+    out = to_cog(
+        naip_products["prob"], tmp_path / "prob_cog.tif", kind="probability", blocksize=256
+    )
     assert_valid_cog(out)
     with rasterio.open(out) as cog, rasterio.open(naip_products["prob"]) as src:
         assert np.isnan(cog.nodata) and cog.dtypes[0] == "float32"
@@ -99,8 +114,15 @@ def test_plain_geotiff_is_not_a_cog(naip_products, tmp_path) -> None:
 def test_write_array_cog_from_memory(naip_products, tmp_path) -> None:
     with rasterio.open(naip_products["mask"]) as src:
         mask, crs, transform = src.read(1), src.crs, src.transform
-    out = write_array_cog(mask, tmp_path / "apg.tif", crs=crs, transform=transform,
-                          nodata=255, tags={"SPEX_INDEX": "NDVI"}, blocksize=256)
+    out = write_array_cog(
+        mask,
+        tmp_path / "apg.tif",
+        crs=crs,
+        transform=transform,
+        nodata=255,
+        tags={"SPEX_INDEX": "NDVI"},
+        blocksize=256,
+    )
     assert_valid_cog(out)
     with rasterio.open(out) as cog:
         assert np.array_equal(cog.read(1), mask)

@@ -137,7 +137,9 @@ def test_resume_after_interruption_is_byte_identical(tmp_path: Path) -> None:
     assert before == {k: Path(v).stat().st_mtime_ns for k, v in resumed.items() if v}
     forced: list[int] = []
     run_extraction(
-        str(BERLIN), replace(settings, force=True), tmp_path / "resumed",
+        str(BERLIN),
+        replace(settings, force=True),
+        tmp_path / "resumed",
         on_plan=lambda p, n: forced.append(n),
     )
     assert forced == [len(plan.grid)]
@@ -203,9 +205,25 @@ def test_cli_extract_prints_paths_and_matches_library(
     tmp_path: Path, berlin_water: dict[str, str | None]
 ) -> None:
     run = subprocess.run(
-        [str(SPEX), "extract", "water", str(BERLIN), "--out", str(tmp_path), "--tile", "256",
-         "--overlap", "32", "--format", "cog,prob,zarr", "--model", "index"],
-        capture_output=True, text=True, check=True,
+        [
+            str(SPEX),
+            "extract",
+            "water",
+            str(BERLIN),
+            "--out",
+            str(tmp_path),
+            "--tile",
+            "256",
+            "--overlap",
+            "32",
+            "--format",
+            "cog,prob,zarr",
+            "--model",
+            "index",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     paths = json.loads(run.stdout.strip().splitlines()[-1])
     assert Path(paths["mask"]).read_bytes() == Path(berlin_water["mask"]).read_bytes()
@@ -214,9 +232,18 @@ def test_cli_extract_prints_paths_and_matches_library(
 
 def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     run = subprocess.run(
-        [str(SPEX), "extract", "water", str(BERLIN), "--out", str(tmp_path / "o"),
-         "--sensor", "landsat99"],
-        capture_output=True, text=True,
+        [
+            str(SPEX),
+            "extract",
+            "water",
+            str(BERLIN),
+            "--out",
+            str(tmp_path / "o"),
+            "--sensor",
+            "landsat99",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2
     assert run.stderr.startswith("error: ") and "landsat99" in run.stderr

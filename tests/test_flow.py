@@ -70,12 +70,18 @@ def test_dask_cluster_gives_identical_outputs(
     os.environ["PREFECT_API_URL"] = harness
     try:
         with LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
             dashboard_address=None,
         ) as cluster:
             results = extract_scene(
-                scene=str(BERLIN), out_dir=str(tmp_path), model="index",
-                dask_address=cluster.scheduler_address, **SETTINGS,
+                scene=str(BERLIN),
+                out_dir=str(tmp_path),
+                model="index",
+                dask_address=cluster.scheduler_address,
+                **SETTINGS,
             )
     finally:
         if previous is None:
@@ -100,8 +106,9 @@ def test_deployment_run_through_server_and_worker(tmp_path: Path, prefect_server
     prefect("deployment", "run", "extract-scene/extract-water", "-p", f"out_dir={out}")
     log = prefect("worker", "start", "--pool", "spex-cpu", "--run-once")
     assert "Finished in state Completed()" in log, log
-    summary = json.loads((out / ".spex-work" / "s2_l1c_berlin_20170216_water.done.json")
-                         .read_text())["outputs"]
+    summary = json.loads(
+        (out / ".spex-work" / "s2_l1c_berlin_20170216_water.done.json").read_text()
+    )["outputs"]
     # The deployment names the scene by a relative path, which the provenance records, so
     # compare pixels rather than bytes here.
     assert validate_cog(summary["mask"])[0]

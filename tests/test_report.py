@@ -80,7 +80,9 @@ def sample_mask(samples: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     """NDVI mask of the bundled Gewata crop (200 x 200 at 30 m, nodata where the
     land-cover map has none)."""
     mask, prof = _index_mask(
-        samples / "landsat_gewata_crop.tif", "NDVI", GEWATA_BANDS,
+        samples / "landsat_gewata_crop.tif",
+        "NDVI",
+        GEWATA_BANDS,
         nodata_from=samples / "landsat_gewata_crop_lulc.tif",
     )
     path = tmp_path_factory.mktemp("sample") / "gewata_crop_vegetation.tif"

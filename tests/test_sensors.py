@@ -17,9 +17,19 @@ from pipeline.sensors import (
 )
 
 EXPECTED = {
-    "sentinel2-l1c", "sentinel2-l2a", "sentinel2-l1c-reflectance", "sentinel2-xrspatial",
-    "landsat45-tm-c2l2", "landsat7-etm-c2l2", "landsat89-oli-c2l2", "landsat7-etm-dn",
-    "landsat-sr-x10000", "landsat-timeseries-uint8", "gaofen2-pms", "naip", "rgbn-uint8",
+    "sentinel2-l1c",
+    "sentinel2-l2a",
+    "sentinel2-l1c-reflectance",
+    "sentinel2-xrspatial",
+    "landsat45-tm-c2l2",
+    "landsat7-etm-c2l2",
+    "landsat89-oli-c2l2",
+    "landsat7-etm-dn",
+    "landsat-sr-x10000",
+    "landsat-timeseries-uint8",
+    "gaofen2-pms",
+    "naip",
+    "rgbn-uint8",
 }
 
 VALID = """\
@@ -109,15 +119,19 @@ def test_new_sensor_is_just_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (VALID.format(name="bad").replace("title: Test sensor\n", ""),
-         "missing required key 'title'"),
+        (
+            VALID.format(name="bad").replace("title: Test sensor\n", ""),
+            "missing required key 'title'",
+        ),
         (VALID.format(name="bad").replace("native: b8, ", ""), "missing required key 'native'"),
         (VALID.format(name="bad").replace("scale: 0.0001\n", ""), "missing required key 'scale'"),
         (VALID.format(name="other"), "must equal the file name"),
         (VALID.format(name="bad").replace("code: N,", "code: NIR,"), "not a canonical code"),
         (VALID.format(name="bad").replace("code: G,", "code: N,"), "duplicate band code"),
-        (VALID.format(name="bad").replace("calibrated: true", "calibrated: false"),
-         "missing required key 'fallback'"),
+        (
+            VALID.format(name="bad").replace("calibrated: true", "calibrated: false"),
+            "missing required key 'fallback'",
+        ),
         ("name: [unclosed", "not valid YAML"),
         (VALID.format(name="bad") + "file_layouts:\n  - [b3, b99]\n", "unknown band"),
     ],

@@ -56,8 +56,13 @@ def scene(shared_data) -> Scene:
     return Scene(shared_data / "l7-raleigh" / "landsat_multiband.tif")
 
 
-def new_store(scene: Scene, path: Path, fingerprint: str = FP, grid: TileGrid | None = None,
-              force: bool = False) -> TileStore:
+def new_store(
+    scene: Scene,
+    path: Path,
+    fingerprint: str = FP,
+    grid: TileGrid | None = None,
+    force: bool = False,
+) -> TileStore:
     return TileStore.create_or_open(
         path, grid or scene.grid, scene.crs, scene.transform, fingerprint, force=force
     )
@@ -353,8 +358,13 @@ store.finalise({str(tmp_path / "m.tif")!r}, {str(tmp_path / "p.tif")!r}, window=
                blocksize=256)
 print(tracemalloc.get_traced_memory()[1])
 """
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     peak = int(run.stdout.split()[-1])
     # One float64 scene-sized array would be h*w*8 bytes (1.7 MB); with 64 px windows
     # finalise holds a few window- and tile-sized arrays only (measured ~0.27 MB).

@@ -122,8 +122,11 @@ def test_intersecting_returns_covering_tiles_in_index_order() -> None:
     rows, cols = slice(100, 150), slice(200, 230)
     hits = grid.intersecting(rows, cols)
     expected = [
-        t for t in grid
-        if t.row < rows.stop and t.row + t.height > rows.start
-        and t.col < cols.stop and t.col + t.width > cols.start
+        t
+        for t in grid
+        if t.row < rows.stop
+        and t.row + t.height > rows.start
+        and t.col < cols.stop
+        and t.col + t.width > cols.start
     ]
     assert hits == expected

@@ -119,8 +119,17 @@ class SpieIndex:
         self.store = SpieStore(root)
         manifest = self.store.manifest()["subsets"]
         self.bands = {k: tuple(v["bands"]) for k, v in manifest.items()}
-        cols = ["sample_id", "subset", "split", "target", "instruction", "response",
-                "part", "image_row", "mask_row"]
+        cols = [
+            "sample_id",
+            "subset",
+            "split",
+            "target",
+            "instruction",
+            "response",
+            "part",
+            "image_row",
+            "mask_row",
+        ]
         self.rows: list[dict[str, Any]] = []
         for subset, part in self.store.parts():
             if subsets and subset not in subsets:
@@ -224,8 +233,13 @@ class SegBatch:
 
 
 def seg_batches(
-    index: SpieIndex, bands: Sequence[str], size: int, aug: AugmentConfig | None,
-    batch_size: int, seed: int, epoch: int,
+    index: SpieIndex,
+    bands: Sequence[str],
+    size: int,
+    aug: AugmentConfig | None,
+    batch_size: int,
+    seed: int,
+    epoch: int,
 ) -> Iterator[SegBatch]:
     """Stage-0 batches: one item per patch with its allowed-class map."""
     groups = index.images_with_masks()
@@ -286,8 +300,13 @@ def regenerate_text(
 
 
 def text_batches(
-    index: SpieIndex, bands: Sequence[str], size: int, aug: AugmentConfig | None,
-    batch_size: int, seed: int, epoch: int,
+    index: SpieIndex,
+    bands: Sequence[str],
+    size: int,
+    aug: AugmentConfig | None,
+    batch_size: int,
+    seed: int,
+    epoch: int,
 ) -> Iterator[TextBatch]:
     """Stage-1/2 batches: (pixels, instruction, response, mask) per sample."""
     order = epoch_order(len(index), seed, epoch)
@@ -313,9 +332,7 @@ def text_batches(
             tg.append(row["target"])
         masks = torch.stack(ms)
         valid = masks != IGNORE
-        yield TextBatch(
-            torch.stack(px), ins, res, torch.where(valid, masks, 0).float(), valid, tg
-        )
+        yield TextBatch(torch.stack(px), ins, res, torch.where(valid, masks, 0).float(), valid, tg)
 
 
 def truncate_responses(responses: list[str], tokenizer: Any, n_tokens: int | None) -> list[str]:

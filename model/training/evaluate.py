@@ -177,11 +177,16 @@ def evaluate(
     rows_out = []
     for (method, subset, target), cm in sorted(cms.items(), key=lambda kv: _order(kv[0])):
         d = cm.as_dict()
-        rows_out.append({
-            "method": method, "set": subset, "target": target, "split": split,
-            "patches": counts[(subset, target)],
-            **{k: _clean(d[k]) for k in ("tp", "fp", "fn", "tn", "total", *METRICS)},
-        })
+        rows_out.append(
+            {
+                "method": method,
+                "set": subset,
+                "target": target,
+                "split": split,
+                "patches": counts[(subset, target)],
+                **{k: _clean(d[k]) for k in ("tp", "fp", "fn", "tn", "total", *METRICS)},
+            }
+        )
     return rows_out
 
 
@@ -210,7 +215,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['set']} | {r['target']} | {r['method']} | {r['patches']} | "
-            + " | ".join(_f(r[k]) for k in METRICS) + " |"
+            + " | ".join(_f(r[k]) for k in METRICS)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -220,8 +226,10 @@ def iou_table(rows: list[dict[str, Any]]) -> str:
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     keys = sorted({(r["set"], r["target"]) for r in rows}, key=lambda k: (k[0] == "all", k))
     get = {(r["method"], r["set"], r["target"]): r["iou"] for r in rows}
-    lines = ["| set | target | " + " | ".join(f"IoU {m}" for m in methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
+    lines = [
+        "| set | target | " + " | ".join(f"IoU {m}" for m in methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
     for s, t in keys:
         lines.append(f"| {s} | {t} | " + " | ".join(_f(get.get((m, s, t))) for m in methods) + " |")
     return "\n".join(lines)
@@ -252,8 +260,14 @@ def write_report(
     goal = goal_check(rows)
     payload = {"meta": meta, "goal": goal, "rows": rows}
     (out / "evaluation.json").write_text(json.dumps(payload, indent=2) + "\n")
-    md = [f"# Evaluation ({meta.get('split', 'test')} split)", "",
-          iou_table(rows), "", markdown_table(rows), ""]
+    md = [
+        f"# Evaluation ({meta.get('split', 'test')} split)",
+        "",
+        iou_table(rows),
+        "",
+        markdown_table(rows),
+        "",
+    ]
     (out / "evaluation.md").write_text("\n".join(md))
     return {"json": str(out / "evaluation.json"), "markdown": str(out / "evaluation.md")}
 
@@ -280,8 +294,13 @@ def run_evaluation(
         rows = evaluate(spie, predictors, split=split, subsets=subsets, progress=progress)
     finally:
         torch.set_num_threads(threads)
-    meta = {"spie": str(spie), "split": split, "spex": str(spex) if spex else None,
-            "mvpnet": str(mvpnet) if mvpnet else None, "methods": list(predictors),
-            "per_target": {t: str(p) for t, p in (per_target or {}).items()}}
+    meta = {
+        "spie": str(spie),
+        "split": split,
+        "spex": str(spex) if spex else None,
+        "mvpnet": str(mvpnet) if mvpnet else None,
+        "methods": list(predictors),
+        "per_target": {t: str(p) for t, p in (per_target or {}).items()},
+    }
     paths = write_report(rows, out_dir, meta)
     return {"rows": rows, "goal": goal_check(rows), "paths": paths}

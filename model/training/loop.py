@@ -38,16 +38,12 @@ def cosine_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(
-    groups: dict[str, list[nn.Parameter]], cfg: StageConfig
-) -> torch.optim.AdamW:
+def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: StageConfig) -> torch.optim.AdamW:
     """AdamW with the paper's split: 'vision' at ``lr_vision``, 'llm' at ``lr_llm``, and
     the mask branch ('decoder') at ``lr_decoder`` (``lr_vision`` when unset)."""
     lr_dec = cfg.lr_vision if cfg.lr_decoder is None else cfg.lr_decoder
     lrs = {"vision": cfg.lr_vision, "decoder": lr_dec, "llm": cfg.lr_llm}
-    params = [
-        {"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items() if ps
-    ]
+    params = [{"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items() if ps]
     return torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
 
 
@@ -143,18 +139,26 @@ def run_stage(
                 if on_step is not None:
                     on_step(step, total, {k: float(v.detach()) for k, v in losses.items()})
         record: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "seconds": round(time.perf_counter() - t0, 2),
+            "epoch": epoch + 1,
+            "step": step,
+            "seconds": round(time.perf_counter() - t0, 2),
             **{k: round(v / max(1, n), 5) for k, v in sums.items()},
         }
         if stage.validate is not None:
             stage.model.eval()
             record.update({f"val_{k}": v for k, v in stage.validate().items()})
         history.append(record)
-        _save(stage.folder / STATE, {
-            "model": stage.model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "step": step, "epoch": epoch + 1,
-            "history": history,
-        })
+        _save(
+            stage.folder / STATE,
+            {
+                "model": stage.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "epoch": epoch + 1,
+                "history": history,
+            },
+        )
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
     stage.model.eval()

@@ -46,8 +46,13 @@ def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 class UperHead(nn.Module):
     """PPM + FPN + fusion over the encoder's 4 maps -> class logits at stride 4."""
 
-    def __init__(self, channels: tuple[int, ...], dim: int, n_classes: int,
-                 scales: tuple[int, ...] = (1, 2, 4)) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...],
+        dim: int,
+        n_classes: int,
+        scales: tuple[int, ...] = (1, 2, 4),
+    ) -> None:
         super().__init__()
         self.scales = scales
         self.ppm = nn.ModuleList(_conv(channels[-1], dim, 1) for _ in scales)
@@ -60,8 +65,12 @@ class UperHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         top = feats[-1]
         pooled = [
-            F.interpolate(conv(F.adaptive_avg_pool2d(top, s)), size=top.shape[-2:],
-                          mode="bilinear", align_corners=False)
+            F.interpolate(
+                conv(F.adaptive_avg_pool2d(top, s)),
+                size=top.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            )
             for s, conv in zip(self.scales, self.ppm, strict=True)
         ]
         levels = [self.ppm_out(torch.cat([top, *pooled], dim=1))]
@@ -71,8 +80,11 @@ class UperHead(nn.Module):
             levels.insert(0, self.smooth[i](lat + up))
         size = levels[0].shape[-2:]
         fused = torch.cat(
-            [levels[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-                           for x in levels[1:]],
+            [levels[0]]
+            + [
+                F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                for x in levels[1:]
+            ],
             dim=1,
         )
         return self.classifier(self.fuse(fused))
@@ -81,8 +93,14 @@ class UperHead(nn.Module):
 class MVPNet(nn.Module):
     """Encoder + UperNet-style head; ``forward`` returns logits at input resolution."""
 
-    def __init__(self, encoder: EncoderConfig, bands: tuple[str, ...], input_size: int = 128,
-                 head_dim: int = 64, classes: tuple[str, ...] = CLASSES) -> None:
+    def __init__(
+        self,
+        encoder: EncoderConfig,
+        bands: tuple[str, ...],
+        input_size: int = 128,
+        head_dim: int = 64,
+        classes: tuple[str, ...] = CLASSES,
+    ) -> None:
         super().__init__()
         self.bands = tuple(bands)
         self.classes = tuple(classes)
@@ -98,8 +116,11 @@ class MVPNet(nn.Module):
 
     def meta(self) -> dict[str, Any]:
         return {
-            "format": "mvpnet/1", "bands": list(self.bands), "classes": list(self.classes),
-            "input_size": self.input_size, "head_dim": self.head_dim,
+            "format": "mvpnet/1",
+            "bands": list(self.bands),
+            "classes": list(self.classes),
+            "input_size": self.input_size,
+            "head_dim": self.head_dim,
             "encoder": asdict(self.encoder_config),
         }
 
@@ -131,8 +152,13 @@ def load_mvpnet(folder: str | Path, device: str | torch.device = "cpu") -> MVPNe
     folder = Path(folder)
     meta = json.loads((folder / CONFIG).read_text())
     enc = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["encoder"].items()}
-    model = MVPNet(EncoderConfig(**enc), tuple(meta["bands"]), meta["input_size"],
-                   meta["head_dim"], tuple(meta["classes"]))
+    model = MVPNet(
+        EncoderConfig(**enc),
+        tuple(meta["bands"]),
+        meta["input_size"],
+        meta["head_dim"],
+        tuple(meta["classes"]),
+    )
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.to(device).eval()
 
@@ -143,8 +169,9 @@ class MVPNetExtractor:
 
     name = "mvpnet"
 
-    def __init__(self, model: MVPNet, sha256: str | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: MVPNet, sha256: str | None = None, device: str | torch.device = "cpu"
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sha256 = sha256
@@ -174,5 +201,9 @@ class MVPNetExtractor:
         return TileResult(probability=out, texts=(None,) * out.shape[0])
 
     def provenance(self) -> dict[str, Any]:
-        return {"extractor": self.name, "weights_sha256": self.sha256,
-                "bands": list(self.model.bands), "input_size": self.model.input_size}
+        return {
+            "extractor": self.name,
+            "weights_sha256": self.sha256,
+            "bands": list(self.model.bands),
+            "input_size": self.model.input_size,
+        }

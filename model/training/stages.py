@@ -67,14 +67,19 @@ def spex_config(cfg: TrainConfig):
     """The SPEX architecture of this run (bands, input size, loss weights)."""
     text, bce, dice = cfg.loss_weights
     return CONFIGS[cfg.model](
-        bands=tuple(cfg.bands), input_size=cfg.input_size,
-        loss_text=text, loss_bce=bce, loss_dice=dice,
+        bands=tuple(cfg.bands),
+        input_size=cfg.input_size,
+        loss_text=text,
+        loss_bce=bce,
+        loss_dice=dice,
     )
 
 
 def _record(cfg: TrainConfig, n: int, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "kind": KIND, "stage": n, "config": cfg.to_dict(),
+        "kind": KIND,
+        "stage": n,
+        "config": cfg.to_dict(),
         "epochs": history,
         "note": "trained by model.training on the SPIE train splits; see docs/evaluation.md",
     }
@@ -87,8 +92,9 @@ def _device() -> torch.device:
 # -- stage 0 ---------------------------------------------------------------------------
 
 
-def stage0(cfg: TrainConfig, on_step: StepCallback | None = None,
-           on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
+def stage0(
+    cfg: TrainConfig, on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None
+) -> list[dict[str, Any]]:
     """Visual pre-training: MVPNet on the train split of every labelled subset."""
     device = _device()
     torch.manual_seed(cfg.seed)
@@ -98,15 +104,25 @@ def stage0(cfg: TrainConfig, on_step: StepCallback | None = None,
     n_groups = len(index.images_with_masks())
 
     def batches(epoch: int):
-        return seg_batches(index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size,
-                           cfg.seed, epoch)
+        return seg_batches(
+            index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size, cfg.seed, epoch
+        )
 
     def loss(batch) -> dict[str, torch.Tensor]:
         logits = model(batch.pixels.to(device))
         return {"loss": partial_label_ce(logits, batch.allowed.to(device))}
 
-    stage = Stage("stage0", stage_dir(cfg, 0), model, {"vision": list(model.parameters())},
-                  sc, batches, -(-n_groups // sc.batch_size), loss, device)
+    stage = Stage(
+        "stage0",
+        stage_dir(cfg, 0),
+        model,
+        {"vision": list(model.parameters())},
+        sc,
+        batches,
+        -(-n_groups // sc.batch_size),
+        loss,
+        device,
+    )
     history = run_stage(stage, on_step=on_step, on_epoch=on_epoch)
     save_mvpnet(model.cpu(), product_dir(cfg, 0), training=_record(cfg, 0, history))
     return history
@@ -115,24 +131,34 @@ def stage0(cfg: TrainConfig, on_step: StepCallback | None = None,
 # -- stages 1 and 2 --------------------------------------------------------------------
 
 
-def _text_stage(n: int, cfg: TrainConfig, model: SpexModel, device: torch.device,
-                on_step: StepCallback | None, on_epoch: EpochCallback | None,
-                with_masks: bool) -> list[dict[str, Any]]:
+def _text_stage(
+    n: int,
+    cfg: TrainConfig,
+    model: SpexModel,
+    device: torch.device,
+    on_step: StepCallback | None,
+    on_epoch: EpochCallback | None,
+    with_masks: bool,
+) -> list[dict[str, Any]]:
     sc = cfg.stage(n)
     index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets, targets=cfg.targets)
     if not len(index):
-        raise ValueError(f"{cfg.spie}: no train samples for subsets {cfg.subsets} and "
-                         f"targets {cfg.targets}")
+        raise ValueError(
+            f"{cfg.spie}: no train samples for subsets {cfg.subsets} and targets {cfg.targets}"
+        )
     tok = model.llm.tokenizer
 
     def batches(epoch: int):
-        return text_batches(index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size,
-                            cfg.seed + n, epoch)
+        return text_batches(
+            index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size, cfg.seed + n, epoch
+        )
 
     def loss(batch) -> dict[str, torch.Tensor]:
         responses = truncate_responses(batch.responses, tok, cfg.response_tokens)
         out = model(
-            batch.pixels.to(device), batch.instructions, responses,
+            batch.pixels.to(device),
+            batch.instructions,
+            responses,
             masks=batch.masks.to(device) if with_masks else None,
             mask_valid=batch.valid.to(device) if with_masks else None,
             targets=batch.targets,
@@ -142,16 +168,26 @@ def _text_stage(n: int, cfg: TrainConfig, model: SpexModel, device: torch.device
             parts |= {"bce": out.bce_loss, "dice": out.dice_loss}
         return {k: v for k, v in parts.items() if v is not None}
 
-    stage = Stage(f"stage{n}", stage_dir(cfg, n), model, trainable_groups(model), sc,
-                  batches, -(-len(index) // sc.batch_size), loss, device)
+    stage = Stage(
+        f"stage{n}",
+        stage_dir(cfg, n),
+        model,
+        trainable_groups(model),
+        sc,
+        batches,
+        -(-len(index) // sc.batch_size),
+        loss,
+        device,
+    )
     history = run_stage(stage, on_step=on_step, on_epoch=on_epoch)
     model.cpu()
     save_checkpoint(model, product_dir(cfg, n), training=_record(cfg, n, history))
     return history
 
 
-def stage1(cfg: TrainConfig, on_step: StepCallback | None = None,
-           on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
+def stage1(
+    cfg: TrainConfig, on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None
+) -> list[dict[str, Any]]:
     """Text-only training; the encoder starts from stage 0's when that exists."""
     device = _device()
     torch.manual_seed(cfg.seed + 1)
@@ -166,8 +202,9 @@ def stage1(cfg: TrainConfig, on_step: StepCallback | None = None,
     return _text_stage(1, cfg, model, device, on_step, on_epoch, with_masks=False)
 
 
-def stage2(cfg: TrainConfig, on_step: StepCallback | None = None,
-           on_epoch: EpochCallback | None = None) -> list[dict[str, Any]]:
+def stage2(
+    cfg: TrainConfig, on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None
+) -> list[dict[str, Any]]:
     """Mask training with the LLM frozen, from ``init_from`` or this run's stage-1
     checkpoint (or from scratch with stage 0's encoder when stage 1 was skipped)."""
     device = _device()
@@ -192,9 +229,12 @@ def stage2(cfg: TrainConfig, on_step: StepCallback | None = None,
 STAGES: dict[int, Callable[..., list[dict[str, Any]]]] = {0: stage0, 1: stage1, 2: stage2}
 
 
-def train(cfg: TrainConfig, *, on_step: Callable[[int, int, int, dict[str, float]], None]
-          | None = None, on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
-          ) -> dict[int, list[dict[str, Any]]]:
+def train(
+    cfg: TrainConfig,
+    *,
+    on_step: Callable[[int, int, int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> dict[int, list[dict[str, Any]]]:
     """Run the configured stages in order, skipping finished ones; returns histories.
     Callbacks get the stage number first."""
     out = Path(cfg.out)
@@ -224,8 +264,12 @@ def per_target_overrides(cfg: TrainConfig, targets: Sequence[str]) -> dict[str, 
     ``<out>-<targets>``. Evaluated beside the one-model-for-all as ``spex-per-target``.
     Returned as field overrides so that flows can pass them on as parameters."""
     targets = tuple(targets)
-    return {"targets": targets, "stages": (2,), "init_from": str(product_dir(cfg, 1)),
-            "out": f"{cfg.out}-{'-'.join(targets)}"}
+    return {
+        "targets": targets,
+        "stages": (2,),
+        "init_from": str(product_dir(cfg, 1)),
+        "out": f"{cfg.out}-{'-'.join(targets)}",
+    }
 
 
 def per_target_config(cfg: TrainConfig, targets: Sequence[str]) -> TrainConfig:

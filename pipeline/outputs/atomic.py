@@ -33,9 +33,7 @@ def ensure_writable_dir(folder: str | os.PathLike[str]) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(
-            f"output folder {path} is not writable: {exc.strerror or exc}"
-        ) from exc
+        raise OutputError(f"output folder {path} is not writable: {exc.strerror or exc}") from exc
     return path
 
 

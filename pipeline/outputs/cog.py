@@ -54,9 +54,7 @@ def _nodata_text(value: float) -> str:
 
 def _tagged_vrt(src: rasterio.DatasetReader, tags: Mapping[str, str], nodata: float | None) -> str:
     """VRT XML that passes every band of ``src`` through and adds dataset tags."""
-    root = ET.Element(
-        "VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height)
-    )
+    root = ET.Element("VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height))
     if src.crs is not None:
         ET.SubElement(root, "SRS").text = src.crs.to_wkt()
     ET.SubElement(root, "GeoTransform").text = ", ".join(
@@ -156,9 +154,17 @@ def write_array_cog(
         try:
             src = work / "src.tif"
             profile = {
-                "driver": "GTiff", "height": data.shape[0], "width": data.shape[1],
-                "count": 1, "dtype": data.dtype.name, "crs": crs, "transform": transform,
-                "nodata": nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
+                "driver": "GTiff",
+                "height": data.shape[0],
+                "width": data.shape[1],
+                "count": 1,
+                "dtype": data.dtype.name,
+                "crs": crs,
+                "transform": transform,
+                "nodata": nodata,
+                "tiled": True,
+                "blockxsize": 256,
+                "blockysize": 256,
             }
             with rasterio.Env(**GDAL_ENV), rasterio.open(src, "w", **profile) as dst:
                 dst.write(data, 1)

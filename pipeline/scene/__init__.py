@@ -126,19 +126,25 @@ def open_scene(
             )
         scales, offsets = [1.0 / ref] * n, [0.0] * n
         radiometry = {
-            "method": "percentile", "declared_by": Path(sens.path).name,
-            "percentile": pct, "value": ref, "common_scale": 1.0 / ref,
-            "sample_step": step, "sample_pixels": int(sample[0].size),
-            "valid_values": int(valid.size), "clipped": False,
+            "method": "percentile",
+            "declared_by": Path(sens.path).name,
+            "percentile": pct,
+            "value": ref,
+            "common_scale": 1.0 / ref,
+            "sample_step": step,
+            "sample_pixels": int(sample[0].size),
+            "valid_values": int(valid.size),
+            "clipped": False,
             "why": "sensor is uncalibrated; one common scale keeps normalised-difference "
-                   "indices equal to those of the DN",
+            "indices equal to those of the DN",
         }
     sc = np.asarray(scales, np.float32)[:, None, None]
     of = np.asarray(offsets, np.float32)[:, None, None]
     refl = masked * sc + of
 
     out = xr.DataArray(
-        refl.astype(np.float32), dims=("band", "y", "x"),
+        refl.astype(np.float32),
+        dims=("band", "y", "x"),
         coords={"band": [b.code for b in chosen], "y": data.y, "x": data.x},
     )
     transform = raw.data.rio.transform()
@@ -150,8 +156,14 @@ def open_scene(
         "sensor": sens.name,
         "sensor_catalog": Path(sens.path).name,
         "bands": [
-            {"code": b.code, "native": b.native, "wavelength_nm": b.wavelength_nm,
-             "scale": s, "offset": o, "nodata": list(v)}
+            {
+                "code": b.code,
+                "native": b.native,
+                "wavelength_nm": b.wavelength_nm,
+                "scale": s,
+                "offset": o,
+                "nodata": list(v),
+            }
             for b, s, o, v in zip(chosen, scales, offsets, nd, strict=True)
         ],
         "radiometry": radiometry,
@@ -192,12 +204,14 @@ def _reopen_stored(raw: _Raw) -> xr.DataArray:
             f"provenance names {len(codes)}; pass sensor= and bands= to open it as raw data"
         )
     masked = da.map_blocks(
-        _mask_block, raw.data.data,
+        _mask_block,
+        raw.data.data,
         tuple(tuple(v for v in [nd] if v is not None and not math.isnan(v)) for nd in raw.nodata),
         dtype=np.float32,
     )
-    out = xr.DataArray(masked, dims=("band", "y", "x"),
-                       coords={"band": codes, "y": raw.data.y, "x": raw.data.x})
+    out = xr.DataArray(
+        masked, dims=("band", "y", "x"), coords={"band": codes, "y": raw.data.y, "x": raw.data.x}
+    )
     out = out.rio.write_crs(raw.data.rio.crs).rio.write_transform(raw.data.rio.transform())
     out = out.rio.write_nodata(np.nan, encoded=False)
     native = [str(by_code.get(c, c)) for c in codes]
@@ -209,7 +223,6 @@ def _reopen_stored(raw: _Raw) -> xr.DataArray:
         provenance=json.dumps(provenance, sort_keys=True, default=str),
     )
     return out
-
 
 
 __all__ = [

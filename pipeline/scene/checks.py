@@ -50,8 +50,10 @@ def check_valid(window: xr.DataArray | np.ndarray, *, label: str | None = None) 
     if values.size == 0 or not valid.any():
         what = label or "window"
         if isinstance(window, xr.DataArray) and "x" in window.dims and window.sizes["x"]:
-            what += (f" (x {float(window.x.min()):.1f}..{float(window.x.max()):.1f}, "
-                     f"y {float(window.y.min()):.1f}..{float(window.y.max()):.1f})")
+            what += (
+                f" (x {float(window.x.min()):.1f}..{float(window.x.max()):.1f}, "
+                f"y {float(window.y.min()):.1f}..{float(window.y.max()):.1f})"
+            )
         raise NoValidDataError(f"{what} holds no valid pixels: all of it is nodata")
     return float(valid.mean())
 

@@ -76,8 +76,11 @@ def _baseline_rule(raw: _Raw, sensor: Sensor, baseline: str | None) -> dict[str,
     """Whether the sensor's baseline DN offset applies, and why (for the provenance)."""
     rule = sensor.baseline_offset
     if rule is None:
-        return {"applies": False, "reason": f"sensor {sensor.name} has no baseline rule",
-                "given": baseline}
+        return {
+            "applies": False,
+            "reason": f"sensor {sensor.name} has no baseline rule",
+            "given": baseline,
+        }
     threshold = _parse_baseline(rule.from_baseline)
     if baseline is not None:
         value, source = str(baseline), "baseline= parameter"
@@ -89,16 +92,21 @@ def _baseline_rule(raw: _Raw, sensor: Sensor, baseline: str | None) -> dict[str,
         if parsed is None:
             raise SceneError(f"processing baseline {value!r} ({source}) is not like '04.00'")
         applies = parsed >= threshold
-        return {"applies": applies, "baseline": f"{parsed[0]:02d}.{parsed[1]:02d}",
-                "source": source, "dn_offset": rule.dn_offset if applies else 0.0}
+        return {
+            "applies": applies,
+            "baseline": f"{parsed[0]:02d}.{parsed[1]:02d}",
+            "source": source,
+            "dn_offset": rule.dn_offset if applies else 0.0,
+        }
     sensed = _sensing_date(raw)
     if sensed is not None and rule.since_sensing_date:
         applies = sensed[0] >= date.fromisoformat(rule.since_sensing_date)
         return {
-            "applies": applies, "baseline": None,
+            "applies": applies,
+            "baseline": None,
             "source": f"sensing date {sensed[0].isoformat()} from {sensed[1]} "
-                      f"({'on/after' if applies else 'before'} {rule.since_sensing_date}; "
-                      "assumes the product was not reprocessed)",
+            f"({'on/after' if applies else 'before'} {rule.since_sensing_date}; "
+            "assumes the product was not reprocessed)",
             "dn_offset": rule.dn_offset if applies else 0.0,
         }
     raise SceneError(

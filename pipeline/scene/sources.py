@@ -52,7 +52,6 @@ class _Raw:
     from_folder: bool = False
 
 
-
 def _check_exists(path: Path) -> None:
     if not path.exists():
         raise SceneError(f"scene not found: {path}")
@@ -127,15 +126,17 @@ def _warp_or_open(
     if same:
         return _open_da(path, chunks, path), False
     vrt = WarpedVRT(
-        src, crs=crs, transform=transform, width=width, height=height,
+        src,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
         resampling=_RESAMPLING[resampling],
     )
     return _open_da(vrt, chunks, path), True
 
 
-def _read_raster_file(
-    path: Path, chunks: int, resolution: float | None, resampling: str
-) -> _Raw:
+def _read_raster_file(path: Path, chunks: int, resolution: float | None, resampling: str) -> _Raw:
     with _open_rasterio(path) as src:
         descriptions = [d.strip() if d else None for d in src.descriptions]
         tags = {k: str(v) for k, v in src.tags().items()}
@@ -160,7 +161,10 @@ def _read_raster_file(
 
 
 def _read_raster_set(
-    paths: list[Path], chunks: int, resolution: float | None, resampling: str,
+    paths: list[Path],
+    chunks: int,
+    resolution: float | None,
+    resampling: str,
     skip_multiband: bool,
 ) -> _Raw:
     """Single-band files (e.g. Sentinel-2 JP2s) onto one grid, the finest by default."""
@@ -201,9 +205,13 @@ def _read_raster_set(
         nodata=nodata,
         paths=names,
         resampling={
-            "method": resampling, "to_m": grid[4], "resampled_bands": resampled,
+            "method": resampling,
+            "to_m": grid[4],
+            "resampled_bands": resampled,
             "grid": "finest source band" if resolution is None else f"{resolution:g} m",
-        } if resampled else None,
+        }
+        if resampled
+        else None,
         skipped=skipped,
     )
 
@@ -312,9 +320,12 @@ def _read_xr_sources(
         nx = max(1, round(finest.sizes["x"] * step(finest) / resolution))
         ny = max(1, round(finest.sizes["y"] * step(finest) / resolution))
         ref = xr.DataArray(
-            np.empty((ny, nx), np.uint8), dims=("y", "x"),
-            coords={"x": x0 + resolution * (np.arange(nx) + 0.5),
-                    "y": y1 - resolution * (np.arange(ny) + 0.5)},
+            np.empty((ny, nx), np.uint8),
+            dims=("y", "x"),
+            coords={
+                "x": x0 + resolution * (np.arange(nx) + 0.5),
+                "y": y1 - resolution * (np.arange(ny) + 0.5),
+            },
         )
     bands, labels, nodata, resampled = [], [], [], []
     label_kinds: set[str] = set()
@@ -329,8 +340,11 @@ def _read_xr_sources(
         labels.append(label if label is not None else p.stem)
         label_kinds.add("variable" if label is not None else "filename")
     data = xr.concat(
-        bands, dim=pd.Index(np.arange(len(bands)), name="band"),
-        join="override", coords="minimal", compat="override",
+        bands,
+        dim=pd.Index(np.arange(len(bands)), name="band"),
+        join="override",
+        coords="minimal",
+        compat="override",
     )
     data = data.transpose("band", "y", "x").chunk(_chunk_spec(chunks))
     data = data.rio.write_crs(crs).rio.set_spatial_dims(x_dim="x", y_dim="y")
@@ -345,7 +359,8 @@ def _read_xr_sources(
         nodata=nodata,
         paths=[str(p) for p in paths],
         resampling={"method": resampling, "to_m": step(ref), "resampled_bands": resampled}
-        if resampled else None,
+        if resampled
+        else None,
         stored=stored,
     )
 
@@ -361,8 +376,11 @@ def _stored_scene_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not isinstance(parsed, dict) or "radiometry" not in parsed:
         return None
-    return {"provenance": parsed, "sensor": attrs.get("sensor"),
-            "native_bands": attrs.get("native_bands")}
+    return {
+        "provenance": parsed,
+        "sensor": attrs.get("sensor"),
+        "native_bands": attrs.get("native_bands"),
+    }
 
 
 def _is_zarr(path: Path) -> bool:
@@ -372,7 +390,9 @@ def _is_zarr(path: Path) -> bool:
 
 
 def _read_source(
-    source: PathLike | Sequence[PathLike], chunks: int, resolution: float | None,
+    source: PathLike | Sequence[PathLike],
+    chunks: int,
+    resolution: float | None,
     resampling: str,
 ) -> _Raw:
     if isinstance(source, str | Path):
@@ -382,7 +402,8 @@ def _read_source(
             return _read_xr_sources([path], chunks, resolution, resampling, "zarr")
         if path.is_dir():
             files = sorted(
-                p for p in path.iterdir()
+                p
+                for p in path.iterdir()
                 if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES + NETCDF_SUFFIXES
             )
             if not files:
@@ -404,4 +425,3 @@ def _read_source(
     if len(paths) == 1:
         return _read_raster_file(paths[0], chunks, resolution, resampling)
     return _read_raster_set(paths, chunks, resolution, resampling, False)
-

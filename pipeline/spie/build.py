@@ -124,8 +124,14 @@ class _Builder:
     """State of one build (kept out of :func:`build` to keep each step small)."""
 
     def __init__(
-        self, spec: DatasetSpec, root: Path, store: SpieStore, config: BuildConfig,
-        writer: ResponseWriter, judge: LlmJudge | None, report: BuildReport,
+        self,
+        spec: DatasetSpec,
+        root: Path,
+        store: SpieStore,
+        config: BuildConfig,
+        writer: ResponseWriter,
+        judge: LlmJudge | None,
+        report: BuildReport,
         progress: Progress | None = None,
     ) -> None:
         self.spec, self.root, self.store, self.config = spec, root, store, config
@@ -139,9 +145,12 @@ class _Builder:
     def _part(self, bands: list[str]) -> PartWriter:
         if self.part is None:
             meta = {
-                "dataset": self.spec.name, "sensor": self.spec.sensor.name,
-                "writer": self.writer.name, "quality_bar": self.config.quality_bar,
-                "seed": self.config.seed, "split": asdict(self.spec.split),
+                "dataset": self.spec.name,
+                "sensor": self.spec.sensor.name,
+                "writer": self.writer.name,
+                "quality_bar": self.config.quality_bar,
+                "seed": self.config.seed,
+                "split": asdict(self.spec.split),
             }
             self.part = self.store.begin(self.spec.name, bands, self.size, meta)
         if self.part.bands != bands:
@@ -151,8 +160,14 @@ class _Builder:
             )
         return self.part
 
-    def _apg(self, pixels: np.ndarray, bands: list[str], target: str, valid: np.ndarray,
-             layer: np.ndarray | None) -> tuple[Any, str | None]:
+    def _apg(
+        self,
+        pixels: np.ndarray,
+        bands: list[str],
+        target: str,
+        valid: np.ndarray,
+        layer: np.ndarray | None,
+    ) -> tuple[Any, str | None]:
         index = load_target(target).index
         if layer is not None:
             return generate_prompt(layer, target, valid=valid), f"{index} from index layer"
@@ -166,8 +181,9 @@ class _Builder:
         image = open_image(spec, item)
         ids = read_class_ids(spec, item, image)
         layers = {k: read_index_layer(v, image) for k, v in item.index_layers.items()}
-        patches = plan_patches(image.height, image.width, self.size, spec.split, split,
-                               what=f"image {item.id}")
+        patches = plan_patches(
+            image.height, image.width, self.size, spec.split, split, what=f"image {item.id}"
+        )
         report.n_images += 1
         if self.progress:
             self.progress("patches", {"image": item.id, "patches": len(patches)})
@@ -195,15 +211,21 @@ class _Builder:
                 layer = _pad(layers[index], p) if index in layers else None
                 apg, note = self._apg(pixels, image.bands, target, image_ok, layer)
                 if apg is None and spec.missing_index == "skip":
-                    report.apg_notes[f"skipped: {note}"] = report.apg_notes.get(
-                        f"skipped: {note}", 0) + 1
+                    report.apg_notes[f"skipped: {note}"] = (
+                        report.apg_notes.get(f"skipped: {note}", 0) + 1
+                    )
                     continue
                 facts = sample_facts(mask, pixels, image.bands, target, index=layer)
                 if facts.positive_px == 0 and not self.config.keep_empty:
                     continue
                 outcome = write_checked(
-                    self.writer, facts, key=key, pixels=pixels, bands=image.bands,
-                    bar=self.config.quality_bar, max_attempts=self.config.max_attempts,
+                    self.writer,
+                    facts,
+                    key=key,
+                    pixels=pixels,
+                    bands=image.bands,
+                    bar=self.config.quality_bar,
+                    max_attempts=self.config.max_attempts,
                     judge=self.judge,
                 )
                 report.attempts[outcome.attempts] = report.attempts.get(outcome.attempts, 0) + 1
@@ -219,20 +241,34 @@ class _Builder:
                 category = load_target(target).category
                 prompt = apg.spectral_prompt if apg is not None else "[]"
                 row = {
-                    "sample_id": key, "subset": spec.name, "source": item.id,
-                    "label_source": label_rel, "split": p.split, "target": target,
+                    "sample_id": key,
+                    "subset": spec.name,
+                    "source": item.id,
+                    "label_source": label_rel,
+                    "split": p.split,
+                    "target": target,
                     "category": category,
-                    "instruction": apg.instruction if apg is not None
+                    "instruction": apg.instruction
+                    if apg is not None
                     else build_instruction(category, "[]"),
-                    "spectral_prompt": prompt, "response": outcome.text,
-                    "writer": self.writer.name, "quality_score": outcome.score,
+                    "spectral_prompt": prompt,
+                    "response": outcome.text,
+                    "writer": self.writer.name,
+                    "quality_score": outcome.score,
                     "quality_attempts": outcome.attempts,
                     "apg_index": apg.index if apg is not None else None,
                     "apg_threshold": apg.threshold if apg is not None else None,
-                    "apg_note": note, "n_regions": facts.n_regions,
-                    "positive_share": facts.positive_share, "valid_share": facts.valid_share,
-                    "block": p.block, "row_off": p.row, "col_off": p.col,
-                    "patch_size": p.size, "crs": crs, "transform": transform, "part": "",
+                    "apg_note": note,
+                    "n_regions": facts.n_regions,
+                    "positive_share": facts.positive_share,
+                    "valid_share": facts.valid_share,
+                    "block": p.block,
+                    "row_off": p.row,
+                    "col_off": p.col,
+                    "patch_size": p.size,
+                    "crs": crs,
+                    "transform": transform,
+                    "part": "",
                     "image_row": image_row,
                 }
                 part.add_sample(row, pixels, mask)
@@ -272,8 +308,16 @@ def build(
     out = Path(out)
     created = not out.exists()
     report = BuildReport(dataset=spec.name, root=str(folder), out=str(out), patch_size=size)
-    builder = _Builder(spec, folder, SpieStore(out), config,
-                       writer or GroundedWriter(seed=config.seed), judge, report, progress)
+    builder = _Builder(
+        spec,
+        folder,
+        SpieStore(out),
+        config,
+        writer or GroundedWriter(seed=config.seed),
+        judge,
+        report,
+        progress,
+    )
     if progress:
         progress("start", {"images": len(items), "dataset": spec.name})
     try:

@@ -47,9 +47,24 @@ MISSING_INDEX_POLICIES = ("skip", "empty-prompt")
 #: Project folder: ``default_root`` entries are relative to it.
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 _TOP_KEYS = {
-    "name", "title", "paper_set", "source", "license", "default_root", "sensor",
-    "open", "georeferenced", "layout", "classes", "palette", "ignore",
-    "targets", "patch", "split", "apg", "notes",
+    "name",
+    "title",
+    "paper_set",
+    "source",
+    "license",
+    "default_root",
+    "sensor",
+    "open",
+    "georeferenced",
+    "layout",
+    "classes",
+    "palette",
+    "ignore",
+    "targets",
+    "patch",
+    "split",
+    "apg",
+    "notes",
 }
 
 
@@ -233,8 +248,13 @@ def _layout(raw: dict[str, Any], where: str) -> Layout:
         for k, v in _mapping(raw.get("index_layers"), "layout.index_layers", where).items()
     }
     unknown = set(raw) - {
-        "images", "labels", "pattern", "label_format", "label_encoding",
-        "label_crs_equivalent", "index_layers",
+        "images",
+        "labels",
+        "pattern",
+        "label_format",
+        "label_encoding",
+        "label_crs_equivalent",
+        "index_layers",
     }
     if unknown:
         raise CatalogError(f"{where}: unknown layout key(s) {', '.join(sorted(unknown))}")

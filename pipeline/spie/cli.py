@@ -36,8 +36,12 @@ class _Bar:
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == "start":
-            self.bar = tqdm(total=0, desc=f"{info['dataset']} ({info['images']} images)",
-                            unit="patch", file=sys.stderr)
+            self.bar = tqdm(
+                total=0,
+                desc=f"{info['dataset']} ({info['images']} images)",
+                unit="patch",
+                file=sys.stderr,
+            )
         elif self.bar is None:
             return
         elif event == "patches":
@@ -52,26 +56,45 @@ class _Bar:
 
 @spie_app.command()
 def build(
-    dataset: Annotated[list[str], typer.Option(
-        "--dataset", "-d", help="Data-set catalog name (catalogs/datasets) or YAML path; "
-        "repeat for several.")],
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Data-set catalog name (catalogs/datasets) or YAML path; repeat for several.",
+        ),
+    ],
     out: Annotated[str, typer.Option("--out", help="Output folder of the SPIE data set.")],
-    root: Annotated[str | None, typer.Option(
-        "--root", help="Folder of the data set (default: the catalog's default_root).")] = None,
-    patch_size: Annotated[int | None, typer.Option(
-        "--patch-size", help="Patch size in px (default: the catalog's, 512 for paper sets).")]
-    = None,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root", help="Folder of the data set (default: the catalog's default_root)."
+        ),
+    ] = None,
+    patch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--patch-size", help="Patch size in px (default: the catalog's, 512 for paper sets)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the response phrasing.")] = 0,
     quality_bar: Annotated[float, typer.Option("--quality-bar")] = 0.8,
     max_attempts: Annotated[int, typer.Option("--max-attempts")] = 3,
-    endpoint: Annotated[str | None, typer.Option(
-        "--endpoint", help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1): "
-        "responses from that LLM instead of the grounded writer.")] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1): "
+            "responses from that LLM instead of the grounded writer.",
+        ),
+    ] = None,
     model: Annotated[str, typer.Option("--model", help="Model name at --endpoint.")] = "default",
     temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.9,
-    judge: Annotated[bool, typer.Option(
-        "--judge/--no-judge", help="Also score responses with the LLM at --endpoint.")] = False,
+    judge: Annotated[
+        bool,
+        typer.Option("--judge/--no-judge", help="Also score responses with the LLM at --endpoint."),
+    ] = False,
 ) -> None:
     """Build (or extend) SPIE subsets; prints a JSON report per data set."""
     from pipeline.spie.build import BuildConfig
@@ -82,8 +105,9 @@ def build(
 
     if root is not None and len(dataset) > 1:
         _fail(SpexInputError("--root applies to one --dataset only"))
-    config = BuildConfig(patch_size=patch_size, seed=seed, quality_bar=quality_bar,
-                         max_attempts=max_attempts)
+    config = BuildConfig(
+        patch_size=patch_size, seed=seed, quality_bar=quality_bar, max_attempts=max_attempts
+    )
     client = ChatClient(endpoint, model) if endpoint else None
     writer = HttpWriter(client, temperature=temperature, top_p=top_p, seed=seed) if client else None
     if judge and client is None:
@@ -91,8 +115,9 @@ def build(
     llm_judge = LlmJudge(client) if judge and client else None
     for name in dataset:
         try:
-            report = run_build(name, out, root=root, config=config, writer=writer,
-                               judge=llm_judge, progress=_Bar())
+            report = run_build(
+                name, out, root=root, config=config, writer=writer, judge=llm_judge, progress=_Bar()
+            )
         except SpexInputError as exc:
             _fail(exc)
         typer.echo(json.dumps(report.as_dict(), indent=1, default=str))

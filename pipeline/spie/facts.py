@@ -88,7 +88,10 @@ def shape_word(region: RegionAttributes, height: int, width: int) -> str:
 
 
 def _contrast(
-    mask: np.ndarray, pixels: np.ndarray, bands: Sequence[str], target: str,
+    mask: np.ndarray,
+    pixels: np.ndarray,
+    bands: Sequence[str],
+    target: str,
     index: np.ndarray | None,
 ) -> SpectralContrast | None:
     inside, outside = mask == 1, mask == 0

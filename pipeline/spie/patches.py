@@ -41,8 +41,13 @@ def axis_origins(start: int, stop: int, size: int, *, pad_small: bool = False) -
 
 
 def plan_patches(
-    height: int, width: int, size: int, split: SplitSpec, item_split: str | None,
-    *, what: str = "image",
+    height: int,
+    width: int,
+    size: int,
+    split: SplitSpec,
+    item_split: str | None,
+    *,
+    what: str = "image",
 ) -> list[Patch]:
     """Patches of one image, row-major; blocks when ``item_split`` is ``None``."""
     if item_split is not None:

@@ -34,8 +34,20 @@ __all__ = ["DEFAULT_BAR", "LlmJudge", "QualityOutcome", "score_response", "write
 
 DEFAULT_BAR = 0.8
 PERCENT_TOLERANCE = 3.0
-_WORDS = {"a single": 1, "single": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
-          "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+_WORDS = {
+    "a single": 1,
+    "single": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
 _SIZES = sorted([n for _, n in SIZE_CLASSES] + ["huge"], key=len, reverse=True)
 _LOCS = sorted({n for row in LOCATION_NAMES for n in row}, key=len, reverse=True)
 
@@ -60,7 +72,7 @@ def _named(text: str, names: Sequence[str]) -> list[str]:
         pattern = r"\b" + re.escape(name).replace(r"\-", r"[- ]").replace(r"\ ", r"[- ]") + r"\b"
         for m in list(re.finditer(pattern, lowered)):
             found.append(name)
-            lowered = lowered[: m.start()] + " " * (m.end() - m.start()) + lowered[m.end():]
+            lowered = lowered[: m.start()] + " " * (m.end() - m.start()) + lowered[m.end() :]
     return found
 
 
@@ -124,8 +136,13 @@ class LlmJudge:
         reply = self.client.complete(
             [
                 {"role": "system", "content": JUDGE_INSTRUCTION},
-                {"role": "user", "content": "Attributes:\n"
-                 + json.dumps(facts_payload(facts)) + "\nCaption:\n" + text},
+                {
+                    "role": "user",
+                    "content": "Attributes:\n"
+                    + json.dumps(facts_payload(facts))
+                    + "\nCaption:\n"
+                    + text,
+                },
             ],
             temperature=self.temperature,
             top_p=self.top_p,
@@ -166,5 +183,4 @@ def write_checked(
         if outcome.passed:
             return outcome
     assert best is not None
-    return QualityOutcome(best.text, best.score, max_attempts, False, best.checks,
-                          best.judge_score)
+    return QualityOutcome(best.text, best.score, max_attempts, False, best.checks, best.judge_score)

@@ -226,16 +226,23 @@ def _open_plain(spec: DatasetSpec, item: Item) -> ImageSource:
         if ref <= 0:
             raise DatasetError(f"image {item.image}: the {pct:g}th percentile is {ref:g}")
         data *= np.float32(1.0 / ref)
-        radiometry = {"method": "percentile", "percentile": pct, "value": ref,
-                      "declared_by": sensor.name}
+        radiometry = {
+            "method": "percentile",
+            "percentile": pct,
+            "value": ref,
+            "declared_by": sensor.name,
+        }
     return ImageSource(
         bands=[b.code for b in bands],
         height=int(data.shape[1]),
         width=int(data.shape[2]),
         crs=crs,
         transform=transform,
-        provenance={"reader": "rasterio (plain raster)", "sensor": sensor.name,
-                    "radiometry": radiometry},
+        provenance={
+            "reader": "rasterio (plain raster)",
+            "sensor": sensor.name,
+            "radiometry": radiometry,
+        },
         _data=data,
     )
 

@@ -39,8 +39,19 @@ __all__ = [
     "quicklook_png",
 ]
 
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-                "nine", "ten")
+NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+)
 
 #: The auxiliary instruction sent to an external LLM. Deliberately different from the
 #: training instruction (pipeline.apg.INSTRUCTION_TEMPLATE): the LLM gets verified facts
@@ -65,8 +76,13 @@ class ResponseWriter(Protocol):
     name: str
 
     def write(
-        self, facts: SampleFacts, *, key: str, attempt: int,
-        pixels: np.ndarray | None = None, bands: Sequence[str] = (),
+        self,
+        facts: SampleFacts,
+        *,
+        key: str,
+        attempt: int,
+        pixels: np.ndarray | None = None,
+        bands: Sequence[str] = (),
     ) -> str: ...
 
 
@@ -95,79 +111,117 @@ class GroundedWriter:
     name: str = "grounded-v1"
 
     def write(
-        self, facts: SampleFacts, *, key: str, attempt: int = 0,
-        pixels: np.ndarray | None = None, bands: Sequence[str] = (),
+        self,
+        facts: SampleFacts,
+        *,
+        key: str,
+        attempt: int = 0,
+        pixels: np.ndarray | None = None,
+        bands: Sequence[str] = (),
     ) -> str:
         rng = random.Random(f"{self.seed}|{key}|{attempt}")
         cat = facts.category
         area = "patch" if facts.valid_share >= 0.999 else "labelled part of the patch"
         if facts.n_regions == 0:
-            return rng.choice([
-                f"There is no {cat} in this patch; all of the {area} is other land cover.",
-                f"No {cat} regions appear in this patch: the {area} holds other land cover only.",
-                f"The patch contains no {cat}; the {area} is covered by other classes.",
-            ])
+            return rng.choice(
+                [
+                    f"There is no {cat} in this patch; all of the {area} is other land cover.",
+                    f"No {cat} regions appear in this patch: "
+                    f"the {area} holds other land cover only.",
+                    f"The patch contains no {cat}; the {area} is covered by other classes.",
+                ]
+            )
         out = []
         n = facts.n_regions
         if n == 1:
-            out.append(rng.choice([
-                f"There is a single {cat} region in this patch.",
-                f"The patch contains one {cat} region.",
-                f"One {cat} region is present in this patch.",
-            ]))
+            out.append(
+                rng.choice(
+                    [
+                        f"There is a single {cat} region in this patch.",
+                        f"The patch contains one {cat} region.",
+                        f"One {cat} region is present in this patch.",
+                    ]
+                )
+            )
         else:
             word = _count(n, rng)
-            out.append(rng.choice([
-                f"There are {word} separate {cat} regions in this patch.",
-                f"The patch contains {word} distinct {cat} regions.",
-                f"In this patch, {word} {cat} regions can be found.",
-            ]))
+            out.append(
+                rng.choice(
+                    [
+                        f"There are {word} separate {cat} regions in this patch.",
+                        f"The patch contains {word} distinct {cat} regions.",
+                        f"In this patch, {word} {cat} regions can be found.",
+                    ]
+                )
+            )
         pct = _percent(facts.positive_share)
         subject = "It covers" if n == 1 else "Together they cover"
-        out.append(rng.choice([
-            f"{subject} {pct} of the {area}.",
-            f"{cat.capitalize()} makes up {pct} of the {area}.",
-            f"In total, {cat} occupies {pct} of the {area}.",
-        ]))
+        out.append(
+            rng.choice(
+                [
+                    f"{subject} {pct} of the {area}.",
+                    f"{cat.capitalize()} makes up {pct} of the {area}.",
+                    f"In total, {cat} occupies {pct} of the {area}.",
+                ]
+            )
+        )
         big = facts.regions[0]
         lead = "It" if n == 1 else "The largest one"
-        out.append(rng.choice([
-            f"{lead} is {big.size} and lies in the {big.location} part of the patch, "
-            f"with a bounding box from {_box(big)}.",
-            f"{lead}, {big.size} in size, sits in the {big.location} area; its bounding box "
-            f"runs from {_box(big)}.",
-            f"{lead} is located in the {big.location} part, is {big.size}, and spans "
-            f"{_box(big)} in normalised coordinates.",
-        ]))
-        out.append(rng.choice([
-            f"Its outline is {big.shape}.",
-            f"It has {_article(big.shape)} {big.shape} shape.",
-            f"Its shape is {big.shape}.",
-        ]))
+        out.append(
+            rng.choice(
+                [
+                    f"{lead} is {big.size} and lies in the {big.location} part of the patch, "
+                    f"with a bounding box from {_box(big)}.",
+                    f"{lead}, {big.size} in size, sits in the {big.location} area; "
+                    f"its bounding box runs from {_box(big)}.",
+                    f"{lead} is located in the {big.location} part, is {big.size}, and spans "
+                    f"{_box(big)} in normalised coordinates.",
+                ]
+            )
+        )
+        out.append(
+            rng.choice(
+                [
+                    f"Its outline is {big.shape}.",
+                    f"It has {_article(big.shape)} {big.shape} shape.",
+                    f"Its shape is {big.shape}.",
+                ]
+            )
+        )
         others = facts.regions[1:4]
         if others:
-            parts = [f"{_article(r.size)} {r.size} {r.shape} one in the {r.location}"
-                     for r in others]
+            parts = [
+                f"{_article(r.size)} {r.size} {r.shape} one in the {r.location}" for r in others
+            ]
             listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
             more = n - 1 - len(others)
             tail = f", plus {_count(more, rng)} smaller ones" if more > 0 else ""
-            out.append(rng.choice([
-                f"The next largest are {listed}{tail}." if len(parts) > 1
-                else f"The other one is {listed}.",
-                f"Further regions include {listed}{tail}.",
-            ]))
+            out.append(
+                rng.choice(
+                    [
+                        f"The next largest are {listed}{tail}."
+                        if len(parts) > 1
+                        else f"The other one is {listed}.",
+                        f"Further regions include {listed}{tail}.",
+                    ]
+                )
+            )
         if facts.spectral is not None:
             s = facts.spectral
             rel = "higher" if s.inside > s.outside else "lower"
             their = "Its" if n == 1 else "Their"
-            out.append(rng.choice([
-                f"{their} mean {s.quantity} is {s.inside:.2f}, against {s.outside:.2f} "
-                "in the surroundings.",
-                f"Compared with the surroundings, the {cat} shows a {rel} {s.quantity} "
-                f"({s.inside:.2f} versus {s.outside:.2f}).",
-                f"Spectrally, the {cat} has a mean {s.quantity} of {s.inside:.2f}, "
-                f"{rel} than the {s.outside:.2f} of the other pixels.",
-            ]))
+            out.append(
+                rng.choice(
+                    [
+                        f"{their} mean {s.quantity} is {s.inside:.2f}, against {s.outside:.2f} "
+                        "in the surroundings.",
+                        f"Compared with the surroundings, the {cat} shows a {rel} {s.quantity} "
+                        f"({s.inside:.2f} versus {s.outside:.2f}).",
+                        f"Spectrally, the {cat} has a mean {s.quantity} of {s.inside:.2f}, "
+                        f"{rel} than the {s.outside:.2f} of the other pixels.",
+                    ]
+                )
+            )
         return " ".join(out)
 
 
@@ -178,8 +232,12 @@ def facts_payload(facts: SampleFacts) -> dict:
         "number_of_regions": facts.n_regions,
         "share_of_labelled_area_percent": round(100 * facts.positive_share, 1),
         "largest_regions": [
-            {"size": r.size, "location": r.location, "shape": r.shape,
-             "bounding_box": [round(v, 3) for v in r.bbox]}
+            {
+                "size": r.size,
+                "location": r.location,
+                "shape": r.shape,
+                "bounding_box": [round(v, 3) for v in r.bbox],
+            }
             for r in facts.regions[:5]
         ],
     }
@@ -200,7 +258,7 @@ def quicklook_png(pixels: np.ndarray, bands: Sequence[str]) -> bytes:
         idx = [min(i, len(codes) - 1) for i in range(3)]
     rgb = np.stack([pixels[i] for i in idx]).astype(np.float64)
     finite = rgb[np.isfinite(rgb)]
-    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
     scaled = np.clip((rgb - lo) / max(hi - lo, 1e-9), 0, 1)
     scaled = np.nan_to_num(scaled, nan=0.0)
     img = Image.fromarray((scaled * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
@@ -239,8 +297,13 @@ class HttpWriter:
         ]
 
     def write(
-        self, facts: SampleFacts, *, key: str, attempt: int = 0,
-        pixels: np.ndarray | None = None, bands: Sequence[str] = (),
+        self,
+        facts: SampleFacts,
+        *,
+        key: str,
+        attempt: int = 0,
+        pixels: np.ndarray | None = None,
+        bands: Sequence[str] = (),
     ) -> str:
         seed = int.from_bytes(f"{self.seed}|{key}|{attempt}".encode()[:8].ljust(8, b"\0"), "big")
         return self.client.complete(

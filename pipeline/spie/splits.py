@@ -118,9 +118,16 @@ def block_layout(
                 Block(
                     index=i * n_c + j,
                     split=str(mine),
-                    r0=rows[i], r1=rows[i + 1], c0=cols[j], c1=cols[j + 1],
-                    usable=(rows[i] + top, rows[i + 1] - bottom,
-                            cols[j] + left, cols[j + 1] - right),
+                    r0=rows[i],
+                    r1=rows[i + 1],
+                    c0=cols[j],
+                    c1=cols[j + 1],
+                    usable=(
+                        rows[i] + top,
+                        rows[i + 1] - bottom,
+                        cols[j] + left,
+                        cols[j + 1] - right,
+                    ),
                 )
             )
     return blocks
@@ -146,7 +153,8 @@ class ItemSplitter:
         self.spec = spec
         self.lists = (
             {s: _read_list(root.resolve(), rel, spec) for s, rel in spec.split.lists.items()}
-            if spec.split.method == "lists" else {}
+            if spec.split.method == "lists"
+            else {}
         )
 
     def __call__(self, item: Item) -> str | None:

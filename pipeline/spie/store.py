@@ -52,37 +52,39 @@ __all__ = [
 FORMAT = "spie/1"
 MANIFEST = "spie.json"
 
-INDEX_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("subset", pa.string()),
-    ("source", pa.string()),
-    ("label_source", pa.string()),
-    ("split", pa.string()),
-    ("target", pa.string()),
-    ("category", pa.string()),
-    ("instruction", pa.string()),
-    ("spectral_prompt", pa.string()),
-    ("response", pa.string()),
-    ("writer", pa.string()),
-    ("quality_score", pa.float64()),
-    ("quality_attempts", pa.int32()),
-    ("apg_index", pa.string()),
-    ("apg_threshold", pa.float64()),
-    ("apg_note", pa.string()),
-    ("n_regions", pa.int32()),
-    ("positive_share", pa.float64()),
-    ("valid_share", pa.float64()),
-    ("block", pa.int32()),
-    ("row_off", pa.int32()),
-    ("col_off", pa.int32()),
-    ("patch_size", pa.int32()),
-    ("crs", pa.string()),
-    ("transform", pa.list_(pa.float64(), 6)),
-    ("part", pa.string()),
-    ("image_row", pa.int64()),
-    ("mask_row", pa.int64()),
-    ("sample_hash", pa.string()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("subset", pa.string()),
+        ("source", pa.string()),
+        ("label_source", pa.string()),
+        ("split", pa.string()),
+        ("target", pa.string()),
+        ("category", pa.string()),
+        ("instruction", pa.string()),
+        ("spectral_prompt", pa.string()),
+        ("response", pa.string()),
+        ("writer", pa.string()),
+        ("quality_score", pa.float64()),
+        ("quality_attempts", pa.int32()),
+        ("apg_index", pa.string()),
+        ("apg_threshold", pa.float64()),
+        ("apg_note", pa.string()),
+        ("n_regions", pa.int32()),
+        ("positive_share", pa.float64()),
+        ("valid_share", pa.float64()),
+        ("block", pa.int32()),
+        ("row_off", pa.int32()),
+        ("col_off", pa.int32()),
+        ("patch_size", pa.int32()),
+        ("crs", pa.string()),
+        ("transform", pa.list_(pa.float64(), 6)),
+        ("part", pa.string()),
+        ("image_row", pa.int64()),
+        ("mask_row", pa.int64()),
+        ("sample_hash", pa.string()),
+    ]
+)
 _TEXT_FIELDS = ("sample_id", "split", "target", "instruction", "response")
 
 
@@ -98,8 +100,12 @@ def sample_hash(image: np.ndarray, mask: np.ndarray, row: dict[str, Any]) -> str
 
 def _new_array(path: Path, shape: tuple[int, ...], dtype: str, fill: Any) -> zarr.Array:
     return zarr.create_array(
-        store=str(path), shape=(0, *shape), chunks=(1, *shape), dtype=dtype,
-        fill_value=fill, zarr_format=3,
+        store=str(path),
+        shape=(0, *shape),
+        chunks=(1, *shape),
+        dtype=dtype,
+        fill_value=fill,
+        zarr_format=3,
     )
 
 
@@ -193,8 +199,9 @@ class SpieStore:
         if subset not in self.manifest()["subsets"]:
             return ids
         for name, part in self.parts(subset):
-            table = pq.read_table(self.root / name / part["name"] / "index.parquet",
-                                  columns=["sample_id"])
+            table = pq.read_table(
+                self.root / name / part["name"] / "index.parquet", columns=["sample_id"]
+            )
             ids.update(table.column("sample_id").to_pylist())
         return ids
 
@@ -220,13 +227,20 @@ class SpieStore:
         table = pa.Table.from_pylist(part.rows, schema=INDEX_SCHEMA)
         manifest = self.manifest()
         subsets = manifest["subsets"]
-        entry = subsets.setdefault(part.subset, {
-            "bands": part.bands, "patch_size": part.patch_size, "parts": [], "versions": [],
-            "hash": None,
-        })
+        entry = subsets.setdefault(
+            part.subset,
+            {
+                "bands": part.bands,
+                "patch_size": part.patch_size,
+                "parts": [],
+                "versions": [],
+                "hash": None,
+            },
+        )
         name = f"part-{len(entry['parts']):05d}"
         table = table.set_column(
-            table.schema.get_field_index("part"), "part",
+            table.schema.get_field_index("part"),
+            "part",
             pa.array([name] * table.num_rows, pa.string()),
         )
         pq.write_table(table, part.staging / "index.parquet", compression="zstd")
@@ -238,23 +252,30 @@ class SpieStore:
         if final.exists():  # an orphan of a crash between rename and manifest write
             shutil.rmtree(final)
         part.staging.rename(final)
-        version_hash = hashlib.sha256(
-            f"{entry['hash'] or ''}{part_hash}".encode()
-        ).hexdigest()
+        version_hash = hashlib.sha256(f"{entry['hash'] or ''}{part_hash}".encode()).hexdigest()
         info = {
-            "name": name, "n_samples": table.num_rows, "n_images": part.n_images,
-            "hash": part_hash, **part.meta,
+            "name": name,
+            "n_samples": table.num_rows,
+            "n_images": part.n_images,
+            "hash": part_hash,
+            **part.meta,
         }
         entry["parts"].append(info)
         entry["hash"] = version_hash
-        entry["versions"].append({
-            "version": len(entry["versions"]) + 1,
-            "n_samples": sum(p["n_samples"] for p in entry["parts"]),
-            "hash": version_hash,
-        })
+        entry["versions"].append(
+            {
+                "version": len(entry["versions"]) + 1,
+                "n_samples": sum(p["n_samples"] for p in entry["parts"]),
+                "hash": version_hash,
+            }
+        )
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        return {"subset": part.subset, "version": len(entry["versions"]), **info,
-                "subset_hash": version_hash}
+        return {
+            "subset": part.subset,
+            "version": len(entry["versions"]),
+            **info,
+            "subset_hash": version_hash,
+        }
 
 
 class SpieDataset:
@@ -297,8 +318,12 @@ class SpieDataset:
             path = self.store.root / subset / part["name"] / "index.parquet"
             table = pq.read_table(path, columns=["split", "target"])
             n += sum(
-                1 for s, t in zip(table.column("split").to_pylist(),
-                                  table.column("target").to_pylist(), strict=True)
+                1
+                for s, t in zip(
+                    table.column("split").to_pylist(),
+                    table.column("target").to_pylist(),
+                    strict=True,
+                )
                 if self._keep({"split": s, "target": t})
             )
         return n

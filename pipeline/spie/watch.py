@@ -68,9 +68,7 @@ def detect_changes(
     saved, so each change is reported once.
     """
     state_path = Path(state_dir) / STATE_FILE
-    state: dict[str, str] = (
-        json.loads(state_path.read_text()) if state_path.is_file() else {}
-    )
+    state: dict[str, str] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     changes: list[DatasetChange] = []
     problems: dict[str, str] = {}
     for name in datasets:

@@ -36,15 +36,24 @@ def test_shapes_and_dtypes_through_the_model(bands: tuple[str, ...]) -> None:
     assert visual_tokens(fused, 4).shape == (2, 4, model.llm.hidden_size)
     assert model.msam.decoder_embedding(fused).shape[1] == model.config.decoder.transformer_dim
 
-    pred = model.infer(x, ["describe the water", "a longer instruction about water"], GEN,
-                       targets=["water", "water"])
+    pred = model.infer(
+        x,
+        ["describe the water", "a longer instruction about water"],
+        GEN,
+        targets=["water", "water"],
+    )
     assert pred.mask_logits.shape == (2, SIZE, SIZE)
     assert pred.mask_logits.dtype == torch.float32
     assert len(pred.texts) == 2 and all(isinstance(t, str) for t in pred.texts)
     assert pred.tokens.shape[0] == 2 and pred.tokens.shape[1] <= GEN.max_new_tokens
 
-    out = model(x, ["a", "bb"], ["Water at the center.", "No water."], torch.zeros(2, SIZE, SIZE),
-                targets=["water", "building"])
+    out = model(
+        x,
+        ["a", "bb"],
+        ["Water at the center.", "No water."],
+        torch.zeros(2, SIZE, SIZE),
+        targets=["water", "building"],
+    )
     for loss in (out.loss, out.text_loss, out.bce_loss, out.dice_loss):
         assert loss is not None and loss.ndim == 0 and torch.isfinite(loss)
     assert out.mask_logits.shape == (2, SIZE, SIZE)
@@ -90,9 +99,9 @@ def test_detail_path_reaches_the_mask_and_is_optional() -> None:
     model.detail = saved
     assert not torch.allclose(with_detail, without)
 
-    plain = SpexModel(SpexConfig.from_dict(
-        {**tiny(bands=BANDS4).to_dict(), "decoder": {}, "prompt_targets": []}
-    ))
+    plain = SpexModel(
+        SpexConfig.from_dict({**tiny(bands=BANDS4).to_dict(), "decoder": {}, "prompt_targets": []})
+    )
     assert plain.detail is None and plain.target_tokens is None
     assert not any(n.startswith(("detail.", "target_tokens.")) for n in plain.state_dict())
 
@@ -138,8 +147,9 @@ def test_stage_gradients_reach_exactly_the_unfrozen_parts(model4: SpexModel, sta
     assert len(names) == len(trainable) > 0
     x = torch.rand(2, 4, SIZE, SIZE)
     masks = (torch.rand(2, SIZE, SIZE) > 0.5).float() if stage == 2 else None
-    out = model(x, ["water please", "water"], ["A small lake.", "None."], masks,
-                targets=["water", "water"])
+    out = model(
+        x, ["water please", "water"], ["A small lake.", "None."], masks, targets=["water", "water"]
+    )
     out.loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == names

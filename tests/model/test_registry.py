@@ -91,8 +91,9 @@ def test_cli_register_list_promote(checkpoint: Path, tmp_path: Path) -> None:
     root = str(tmp_path / "registry")
 
     def spex(*args: str) -> str:
-        run = subprocess.run([str(SPEX), "models", *args, "--registry", root],
-                             capture_output=True, text=True)
+        run = subprocess.run(
+            [str(SPEX), "models", *args, "--registry", root], capture_output=True, text=True
+        )
         assert run.returncode == 0, run.stderr
         return run.stdout
 

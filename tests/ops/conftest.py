@@ -30,19 +30,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     tr = terminalreporter
     tr.section("failure drills")
     for d in DRILLS:
-        tr.write_line(f"{d['drill']:<42} runs {d['runs']:>2}  faults {d['faults']:>2}  "
-                      f"files lost {d['files_lost']}")
+        tr.write_line(
+            f"{d['drill']:<42} runs {d['runs']:>2}  faults {d['faults']:>2}  "
+            f"files lost {d['files_lost']}"
+        )
     totals = {k: sum(int(d[k]) for d in DRILLS) for k in ("runs", "faults", "files_lost")}
-    tr.write_line(f"{'total':<42} runs {totals['runs']:>2}  faults {totals['faults']:>2}  "
-                  f"files lost {totals['files_lost']}")
+    tr.write_line(
+        f"{'total':<42} runs {totals['runs']:>2}  faults {totals['faults']:>2}  "
+        f"files lost {totals['files_lost']}"
+    )
     target = os.environ.get("SPEX_DRILL_REPORT")
     if target:
         Path(target).write_text(json.dumps({"drills": DRILLS, "totals": totals}, indent=2))
 
 
 @pytest.fixture()
-def region_env(tmp_path: Path, shared_data: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
+def region_env(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Path]]:
     """Roots for region catalogs: data = ../shared/data, out = a fresh temp folder."""
     out = tmp_path / "out-root"
     out.mkdir()
@@ -57,8 +62,15 @@ def naip_region() -> Callable[..., Path]:
     return naip_region_yaml
 
 
-def naip_region_yaml(folder: Path, name: str, glob: str, *, start: str = "2018-01-01",
-                     targets: str = "[water, vegetation]", root: str = "data") -> Path:
+def naip_region_yaml(
+    folder: Path,
+    name: str,
+    glob: str,
+    *,
+    start: str = "2018-01-01",
+    targets: str = "[water, vegetation]",
+    root: str = "data",
+) -> Path:
     """A small NAIP region (the 2018-2020 epochs by default) written to ``folder``."""
     path = folder / f"{name}.yaml"
     path.write_text(f"""

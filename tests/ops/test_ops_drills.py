@@ -35,14 +35,35 @@ N_TILES = 49  # 768 x 768 at --tile 128 --overlap 16
 
 
 def _cmd(out: Path) -> list[str]:
-    return [str(SPEX), "extract", "water", str(BERLIN), "--out", str(out), "--tile", "128",
-            "--overlap", "16", "--model", "index", "--batch-size", "1"]
+    return [
+        str(SPEX),
+        "extract",
+        "water",
+        str(BERLIN),
+        "--out",
+        str(out),
+        "--tile",
+        "128",
+        "--overlap",
+        "16",
+        "--model",
+        "index",
+        "--batch-size",
+        "1",
+    ]
 
 
-def _run(out: Path, env: dict[str, str] | None = None,
-         preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_cmd(out), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, preexec_fn=preexec)
+def _run(
+    out: Path, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _cmd(out),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        preexec_fn=preexec,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +76,11 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 def _lost(out: Path, clean: dict[str, bytes]) -> int:
-    return sum(1 for name, data in clean.items()
-               if not (out / name).is_file() or (out / name).read_bytes() != data)
+    return sum(
+        1
+        for name, data in clean.items()
+        if not (out / name).is_file() or (out / name).read_bytes() != data
+    )
 
 
 def _assert_no_partial_files(out: Path, *, failed: bool = True) -> None:
@@ -90,8 +114,9 @@ def test_drill_sigkill_mid_scene_resumes_to_identical_outputs(
     tmp_path: Path, clean: dict[str, bytes], drill_log: Callable[..., None]
 ) -> None:
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while len(_markers(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -131,8 +156,10 @@ def test_drill_two_runs_on_the_same_output(
 ) -> None:
     out = tmp_path / "out"
     # Two runs at once: one waits for the other at plan/finalise; both succeed.
-    runs = [subprocess.Popen(_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.communicate()[1]) for p in runs]
     assert [rc for rc, _ in results] == [0, 0], results
     _assert_no_partial_files(out, failed=False)
@@ -161,8 +188,10 @@ def test_drill_two_runs_on_the_same_output(
 def _mount_tmpfs(folder: Path, size: int) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
-    return shutil.which("mount") is not None and subprocess.run(
-        cmd, capture_output=True).returncode == 0
+    return (
+        shutil.which("mount") is not None
+        and subprocess.run(cmd, capture_output=True).returncode == 0
+    )
 
 
 def _remount(folder: Path, size: int) -> None:
@@ -263,12 +292,16 @@ def test_drill_checkpoint_that_is_not_what_it_claims(
     renamed = tmp_path / "renamed.safetensors"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     first = next(iter(state))
-    save_file({**{k: v for k, v in state.items() if k != first}, "evil." + first: state[first]},
-              str(renamed))
+    save_file(
+        {**{k: v for k, v in state.items() if k != first}, "evil." + first: state[first]},
+        str(renamed),
+    )
     cases = {
         "garbage": (variant("garbage", weights=os.urandom(4096)), "unreadable safetensors"),
-        "pickle": (variant("pickle", weights=pickle.dumps(_Payload(marker))),
-                   "unreadable safetensors"),
+        "pickle": (
+            variant("pickle", weights=pickle.dumps(_Payload(marker))),
+            "unreadable safetensors",
+        ),
         "wrong tensors": (variant("wrong", weights=renamed.read_bytes()), "tensor"),
         "bad config": (variant("config", config="{not json"), "config"),
     }
@@ -287,6 +320,10 @@ def test_drill_checkpoint_that_is_not_what_it_claims(
     assert not marker.exists()
     lost = sum(sha256_file(good / n) != h for n, h in hashes.items())
     assert load_checkpoint(good) is not None  # the real checkpoint still loads
-    drill_log("5 checkpoint not what it claims", runs=2 * len(cases) + 2,
-              faults=len(cases) + 1, files_lost=lost)
+    drill_log(
+        "5 checkpoint not what it claims",
+        runs=2 * len(cases) + 2,
+        faults=len(cases) + 1,
+        files_lost=lost,
+    )
     assert lost == 0

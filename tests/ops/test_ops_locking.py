@@ -31,8 +31,10 @@ def test_busy_output_fails_clearly_after_the_timeout(tmp_path: Path) -> None:
     proc = _holder(tmp_path, "scene_water", 30)
     try:
         start = time.monotonic()
-        with (pytest.raises(OutputLockedError, match=rf"pid {proc.pid} .*gave up after 0.5 s"),
-              output_lock(tmp_path, "scene_water", timeout=0.5)):
+        with (
+            pytest.raises(OutputLockedError, match=rf"pid {proc.pid} .*gave up after 0.5 s"),
+            output_lock(tmp_path, "scene_water", timeout=0.5),
+        ):
             pass
         assert time.monotonic() - start < 5
     finally:
@@ -56,8 +58,10 @@ def test_shared_holders_coexist_but_exclude_a_writer(tmp_path: Path) -> None:
     try:
         with output_lock(tmp_path, "job", mode="shared", timeout=0):
             pass
-        with (pytest.raises(OutputLockedError),
-              output_lock(tmp_path, "job", mode="exclusive", timeout=0.2)):
+        with (
+            pytest.raises(OutputLockedError),
+            output_lock(tmp_path, "job", mode="exclusive", timeout=0.2),
+        ):
             pass
     finally:
         proc.kill()

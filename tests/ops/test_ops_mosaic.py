@@ -16,11 +16,19 @@ from pipeline.outputs.cog import validate_cog
 from pipeline.regions import Aoi
 
 
-def _mask(path: Path, data: np.ndarray, x0: float, crs: str = "EPSG:32633",
-          res: float = 10.0) -> Path:
-    profile = {"driver": "GTiff", "width": data.shape[1], "height": data.shape[0],
-               "count": 1, "dtype": "uint8", "nodata": 255, "crs": crs,
-               "transform": Affine(res, 0, x0, 0, -res, 1000)}
+def _mask(
+    path: Path, data: np.ndarray, x0: float, crs: str = "EPSG:32633", res: float = 10.0
+) -> Path:
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[1],
+        "height": data.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": 255,
+        "crs": crs,
+        "transform": Affine(res, 0, x0, 0, -res, 1000),
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     return path
@@ -34,10 +42,20 @@ def test_newest_wins_gaps_fill_from_older_and_uncovered_is_nodata(tmp_path: Path
         SceneMask("new", _mask(tmp_path / "new.tif", new, x0=0)),
         SceneMask("old", _mask(tmp_path / "old.tif", old, x0=0)),
     ]
-    aoi = Aoi("EPSG:32633", {"type": "Polygon", "coordinates": [
-        [[0, 850], [150, 850], [150, 1000], [0, 1000], [0, 850]]]})  # 15 x 15 px, 5 uncovered
-    result = mosaic_masks(masks, aoi, tmp_path / "m.tif", window=16,
-                          missing=[{"scene": "bad", "reason": "unreadable"}])
+    aoi = Aoi(
+        "EPSG:32633",
+        {
+            "type": "Polygon",
+            "coordinates": [[[0, 850], [150, 850], [150, 1000], [0, 1000], [0, 850]]],
+        },
+    )  # 15 x 15 px, 5 uncovered
+    result = mosaic_masks(
+        masks,
+        aoi,
+        tmp_path / "m.tif",
+        window=16,
+        missing=[{"scene": "bad", "reason": "unreadable"}],
+    )
     assert validate_cog(result.path)[0]
     with rasterio.open(result.path) as src:
         got = src.read(1)
@@ -55,8 +73,10 @@ def test_newest_wins_gaps_fill_from_older_and_uncovered_is_nodata(tmp_path: Path
 
 def test_polygon_aoi_clips(tmp_path: Path) -> None:
     m = SceneMask("a", _mask(tmp_path / "a.tif", np.ones((10, 10), np.uint8), x0=0))
-    triangle = Aoi("EPSG:32633", {"type": "Polygon", "coordinates": [
-        [[0, 900], [100, 900], [0, 1000], [0, 900]]]})
+    triangle = Aoi(
+        "EPSG:32633",
+        {"type": "Polygon", "coordinates": [[[0, 900], [100, 900], [0, 1000], [0, 900]]]},
+    )
     result = mosaic_masks([m], triangle, tmp_path / "t.tif")
     with rasterio.open(result.path) as src:
         got = src.read(1)
@@ -80,6 +100,9 @@ def test_compare_masks(tmp_path: Path) -> None:
     a[3, 3] = 1
     b[3, 2] = 255
     pa, pb = _mask(tmp_path / "a.tif", a, 0), _mask(tmp_path / "b.tif", b, 0)
-    assert compare_masks(pa, pb) == {"gained_m2": 200.0, "lost_m2": 100.0,
-                                     "observed_in_both_m2": 1500.0}
+    assert compare_masks(pa, pb) == {
+        "gained_m2": 200.0,
+        "lost_m2": 100.0,
+        "observed_in_both_m2": 1500.0,
+    }
     assert compare_masks(pa, _mask(tmp_path / "c.tif", b, 10)) is None

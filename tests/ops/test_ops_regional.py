@@ -19,6 +19,8 @@ from pipeline.outputs.cog import validate_cog
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).with_name("prefect")
 NAIP = "naip-north-dakota/m_4709963_se_14_1_*.tif"
+
+
 @pytest.fixture(scope="module")
 def harness() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
@@ -38,7 +40,10 @@ def test_regional_run_writes_mosaics_collection_and_change_report(
     assert first["status"] == "complete" and not first["failed"]
     report = json.loads(Path(first["report"]).read_text())
     assert [s["scene"][-8:] for s in report["scenes"]["selected"]] == [
-        "20180716", "20190904", "20200831"]
+        "20180716",
+        "20190904",
+        "20200831",
+    ]
     assert report["aoi"]["area_m2"] == pytest.approx(4500 * 3500)
     for target in ("water", "vegetation"):
         mosaic = Path(first["mosaics"][target])
@@ -65,8 +70,12 @@ def test_regional_run_writes_mosaics_collection_and_change_report(
 
 
 def test_drill_one_unreadable_scene_in_a_regional_run(
-    harness: str, region_env: dict[str, Path], naip_region: Callable[..., Path],
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, drill_log: Callable[..., None],
+    harness: str,
+    region_env: dict[str, Path],
+    naip_region: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    drill_log: Callable[..., None],
 ) -> None:
     from flows.regional_mapping import regional_mapping
 
@@ -114,8 +123,15 @@ def test_regional_deployment_through_server_and_worker(
     prefect("--no-prompt", "deploy", "--name", "regional-mapping")
     inspect = prefect("deployment", "inspect", "regional-mapping/regional-mapping")
     assert "'paused': True" in inspect and "0 6 * * 1" in inspect
-    prefect("deployment", "run", "regional-mapping/regional-mapping",
-            "-p", f"region={catalog}", "-p", "run_id=20240101T060000Z")
+    prefect(
+        "deployment",
+        "run",
+        "regional-mapping/regional-mapping",
+        "-p",
+        f"region={catalog}",
+        "-p",
+        "run_id=20240101T060000Z",
+    )
     log = prefect("worker", "start", "--pool", "spex-cpu", "--run-once", timeout=400)
     assert "Finished in state Completed()" in log, log[-3000:]
     run = region_env["out"] / "regions" / "nd-deploy" / "runs" / "20240101T060000Z"

@@ -46,8 +46,15 @@ def _write(tmp_path: Path, raw: dict, name: str = "r1.yaml") -> Path:
 
 
 def _tif(path: Path, x0: float = 0.0) -> None:
-    profile = {"driver": "GTiff", "width": 10, "height": 10, "count": 1, "dtype": "uint8",
-               "crs": "EPSG:32633", "transform": Affine(100, 0, x0, 0, -100, 1000)}
+    profile = {
+        "driver": "GTiff",
+        "width": 10,
+        "height": 10,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(100, 0, x0, 0, -100, 1000),
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(np.ones((1, 10, 10), np.uint8))
 
@@ -80,8 +87,10 @@ def test_good_catalog(tmp_path: Path) -> None:
         ({"sensor": "hubble"}, "hubble"),
         ({"aoi": {"crs": "EPSG:32633", "bbox": [5, 0, 1, 1]}}, "min < max"),
         ({"aoi": {"crs": "EPSG:999999", "bbox": [0, 0, 1, 1]}}, "coordinate reference"),
-        ({"aoi": {"crs": "EPSG:4326", "geojson": {"type": "Point", "coordinates": [0, 0]}}},
-         "Polygon"),
+        (
+            {"aoi": {"crs": "EPSG:4326", "geojson": {"type": "Point", "coordinates": [0, 0]}}},
+            "Polygon",
+        ),
         ({"schedule": {"cron": "61 * * * *"}}, "minute 61"),
         ({"schedule": {"cron": "0 6 * *"}}, "5 fields"),
         ({"output": {"root": "out", "path": "../../etc"}}, "without '..'"),
@@ -89,8 +98,10 @@ def test_good_catalog(tmp_path: Path) -> None:
         ({"output": {"root": "home", "path": "x"}}, "unknown root"),
         ({"scenes": {"type": "local", "root": "data", "glob": "../*.tif"}}, "without '..'"),
         ({"scenes": {"type": "ftp", "root": "data", "path": "x"}}, "not one of"),
-        ({"scenes": {"type": "local", "root": "data", "glob": "s/*", "start": "2020-13-01"}},
-         "not a date"),
+        (
+            {"scenes": {"type": "local", "root": "data", "glob": "s/*", "start": "2020-13-01"}},
+            "not a date",
+        ),
     ],
 )
 def test_bad_catalogs_fail_clearly(tmp_path: Path, change: dict, message: str) -> None:
@@ -155,16 +166,29 @@ def test_stac_source_filters_by_date_and_cloud_cover(tmp_path: Path) -> None:
         tif = cat_dir / f"scene{k}.tif"
         tif.parent.mkdir(parents=True, exist_ok=True)
         _tif(tif)
-        item = pystac.Item(f"scene{k}", {"type": "Point", "coordinates": [15, 0]},
-                           [15, 0, 15, 0], datetime(2021, 5, day, tzinfo=UTC),
-                           {"eo:cloud_cover": cloud})
+        item = pystac.Item(
+            f"scene{k}",
+            {"type": "Point", "coordinates": [15, 0]},
+            [15, 0, 15, 0],
+            datetime(2021, 5, day, tzinfo=UTC),
+            {"eo:cloud_cover": cloud},
+        )
         item.add_asset("image", pystac.Asset(str(tif), roles=["data"]))
         catalog.add_item(item)
     catalog.normalize_hrefs(str(cat_dir))
     catalog.make_all_asset_hrefs_relative()
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    raw = {**GOOD, "scenes": {"type": "stac", "root": "data", "path": "stac/catalog.json",
-                              "asset": "image", "end": "2021-05-02", "max_cloud_cover": 20}}
+    raw = {
+        **GOOD,
+        "scenes": {
+            "type": "stac",
+            "root": "data",
+            "path": "stac/catalog.json",
+            "asset": "image",
+            "end": "2021-05-02",
+            "max_cloud_cover": 20,
+        },
+    }
     selection = find_scenes(load_region(_write(tmp_path, raw), roots=roots))
     assert [s.id for s in selection.scenes] == ["scene0"]
     assert dict(selection.skipped)["scene1"].startswith("cloud cover 80%")
@@ -185,5 +209,13 @@ def test_shipped_naip_region_finds_real_scenes(shared_data: Path) -> None:
     selection = find_scenes(load_region("naip-north-dakota", roots=roots))
     assert len(selection.scenes) == 6 and len(selection.skipped) == 4
     landsat = find_scenes(load_region("landsat-timeseries", roots=roots))
-    assert [s.acquired.year for s in landsat.scenes] == [1985, 1990, 1995, 2000, 2005, 2010,
-                                                         2015, 2020]
+    assert [s.acquired.year for s in landsat.scenes] == [
+        1985,
+        1990,
+        1995,
+        2000,
+        2005,
+        2010,
+        2015,
+        2020,
+    ]

@@ -34,8 +34,9 @@ def test_no_regression_rule() -> None:
     assert [(c.dataset, c.target) for c in no.regressions] == [("berlin", "building")]
     assert "berlin/building 0.200 -> 0.150" in no.reason
     assert not decide(incumbent, missing, incumbent_name="index", candidate_name="v2").promote
-    assert decide(incumbent, worse, incumbent_name="index", candidate_name="v2",
-                  tolerance=0.1).promote
+    assert decide(
+        incumbent, worse, incumbent_name="index", candidate_name="v2", tolerance=0.1
+    ).promote
     assert "| berlin | building | 0.200 | 0.150 | -0.050 (regression) |" in no.markdown()
 
 
@@ -59,11 +60,20 @@ def test_data_change_triggers_retraining(tmp_path: Path, prefect_server) -> None
     prefect = prefect_server.cli
     prefect_server.env["SPEX_MODEL_REGISTRY"] = str(registry)
     prefect("work-pool", "create", "spex-cpu", "--type", "process", "--overwrite")
-    prefect("--no-prompt", "deploy", "--name", "retrain-on-new-data",
-            "--param", f"spie_dir={tmp_path / 'spie'}",
-            "--param", "train_config=model/training/configs/smoke.yaml",
-            "--param", f"out_dir={tmp_path / 'retrain'}",
-            "--param", f"registry={registry}")
+    prefect(
+        "--no-prompt",
+        "deploy",
+        "--name",
+        "retrain-on-new-data",
+        "--param",
+        f"spie_dir={tmp_path / 'spie'}",
+        "--param",
+        "train_config=model/training/configs/smoke.yaml",
+        "--param",
+        f"out_dir={tmp_path / 'retrain'}",
+        "--param",
+        f"registry={registry}",
+    )
 
     # New labelled data lands: residential land use mapped where it was unlabelled.
     labels = tmp_path / "data" / "s2_l1c_berlin_20170216_osm_labels.tif"
@@ -72,11 +82,19 @@ def test_data_change_triggers_retraining(tmp_path: Path, prefect_server) -> None
         block[:64, :64][block[:64, :64] == 0] = 8
         dst.write(block, 1)
     watcher = subprocess.run(
-        [sys.executable, "-c",
-         "import json, sys; from flows.watch_datasets import watch_datasets; "
-         "print(json.dumps(watch_datasets(datasets=[sys.argv[1]], state_dir=sys.argv[2])))",
-         str(catalog), str(state)],
-        env=prefect_server.env, cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from flows.watch_datasets import watch_datasets; "
+            "print(json.dumps(watch_datasets(datasets=[sys.argv[1]], state_dir=sys.argv[2])))",
+            str(catalog),
+            str(state),
+        ],
+        env=prefect_server.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert watcher.returncode == 0, watcher.stderr
     changes = json.loads(watcher.stdout.strip().splitlines()[-1])

@@ -32,4 +32,3 @@ def paper_roots(
     """The five paper-layout fixtures under one temporary folder."""
     out = tmp_path_factory.mktemp("paper-fixtures")
     return make_fixtures.make_all(out, shared_data / "s2-l1c-berlin")
-

@@ -19,8 +19,13 @@ from pipeline.spie.store import SpieDataset, SpieStore
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 #: Patch sizes for the small stand-ins (the catalogs' defaults are the papers' sizes).
-FIXTURE_PATCH = {"segmunich": None, "chesapeake": 128, "globe230k": 64, "spacenet-v2": 128,
-                 "gid-15": 128}
+FIXTURE_PATCH = {
+    "segmunich": None,
+    "chesapeake": 128,
+    "globe230k": 64,
+    "spacenet-v2": 128,
+    "gid-15": 128,
+}
 
 
 def _spec(name: str) -> DatasetSpec:
@@ -31,13 +36,17 @@ def _spec(name: str) -> DatasetSpec:
 
 
 def _build(name: str, roots: dict, out: Path, **kw):
-    return build(_spec(name), out, root=roots[name],
-                 config=BuildConfig(patch_size=FIXTURE_PATCH[name]), **kw)
+    return build(
+        _spec(name), out, root=roots[name], config=BuildConfig(patch_size=FIXTURE_PATCH[name]), **kw
+    )
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURE_PATCH))

@@ -28,9 +28,15 @@ def test_all_catalog_entries_load_with_their_sensor() -> None:
 
 def test_mappings_match_the_shared_data_readme() -> None:
     assert load_dataset("s2-l1c-berlin").targets == {
-        "vegetation": (1, 2, 3, 4, 5), "water": (7,), "building": (8,)}
+        "vegetation": (1, 2, 3, 4, 5),
+        "water": (7,),
+        "building": (8,),
+    }
     assert load_dataset("l7-raleigh").targets == {
-        "vegetation": (2, 3, 4, 5), "water": (6,), "building": (1,)}
+        "vegetation": (2, 3, 4, 5),
+        "water": (6,),
+        "building": (1,),
+    }
     assert load_dataset("landsat-gewata").targets == {"vegetation": (1, 2, 4, 5)}
     assert load_dataset("s2-l1c-slovenia").targets == {"vegetation": (1, 2, 3, 4), "building": (8,)}
     assert load_dataset("gid-15").targets == {"water": (13, 14, 15)}

@@ -35,8 +35,13 @@ def _labels(spec, row: dict, root: Path) -> np.ndarray:
     """Independent reading of the label window: class ids -> 1/0/255 for the row's target."""
     with rasterio.open(root / row["label_source"]) as src:
         size = row["patch_size"]
-        data = src.read(1, window=((row["row_off"], row["row_off"] + size),
-                                   (row["col_off"], row["col_off"] + size)))
+        data = src.read(
+            1,
+            window=(
+                (row["row_off"], row["row_off"] + size),
+                (row["col_off"], row["col_off"] + size),
+            ),
+        )
         nodata = src.nodata
     out = np.where(np.isin(data, spec.targets[row["target"]]), 1, 0).astype(np.uint8)
     bad = np.isin(data, spec.ignore) | (data == nodata if nodata is not None else False)
@@ -84,8 +89,11 @@ def test_block_splits_keep_test_pixels_off_training_patches(flow_out) -> None:
     out, _ = flow_out
     for name in SETS:
         buffer = load_dataset(name).split.buffer_px
-        rows = [r for r in SpieDataset(out, subsets=[name], arrays=False)
-                if r["target"] == next(iter(load_dataset(name).targets))]
+        rows = [
+            r
+            for r in SpieDataset(out, subsets=[name], arrays=False)
+            if r["target"] == next(iter(load_dataset(name).targets))
+        ]
         train = [r for r in rows if r["split"] == "train"]
         for t in (r for r in rows if r["split"] != "train"):
             for r in train:
@@ -103,8 +111,11 @@ def test_cli_build_gives_the_flow_bytes_and_stats_show_it(flow_out, tmp_path: Pa
     assert result.exit_code == 0, result.output
 
     def digest(folder: Path) -> dict[str, str]:
-        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
 
     assert digest(tmp_path) == digest(out)
     shown = runner.invoke(spie_app, ["stats", str(tmp_path)])
@@ -116,8 +127,10 @@ def test_cli_build_gives_the_flow_bytes_and_stats_show_it(flow_out, tmp_path: Pa
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(spie_app, ["build", "--dataset", "segmunich", "--root",
-                                      str(tmp_path), "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        spie_app,
+        ["build", "--dataset", "segmunich", "--root", str(tmp_path), "--out", str(tmp_path / "o")],
+    )
     assert result.exit_code == 2
     assert "error: data set segmunich: no images match" in result.output
     result = runner.invoke(spie_app, ["stats", str(tmp_path)])

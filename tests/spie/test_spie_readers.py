@@ -65,8 +65,11 @@ def test_geojson_footprints_rasterise_onto_the_label_raster(
     """Footprints written in lon/lat come back on the image grid where the source says so."""
     spec = load_dataset("spacenet-v2")
     berlin = make_fixtures.Berlin(shared_data / "s2-l1c-berlin")
-    for item, (r, c) in zip(discover(spec, paper_roots["spacenet-v2"]),
-                            [(384, 132), (516, 264), (384, 396), (0, 1008)], strict=True):
+    for item, (r, c) in zip(
+        discover(spec, paper_roots["spacenet-v2"]),
+        [(384, 132), (516, 264), (384, 396), (0, 1008)],
+        strict=True,
+    ):
         image = open_image(spec, item)
         mask = target_mask(read_class_ids(spec, item, image), spec, "building") == 1
         truth = berlin.label(r, c, image.height) == 8

@@ -29,8 +29,11 @@ def berlin_windows() -> list[tuple[np.ndarray, np.ndarray]]:
         pixels = src.read().astype(np.float32) / 10000
     with rasterio.open(SAMPLES / "s2_l1c_berlin_20170216_osm_labels.tif") as src:
         labels = src.read(1)
-    return [(pixels[:, r:r + 96, c:c + 96], labels[r:r + 96, c:c + 96])
-            for r in range(0, 768, 192) for c in range(0, 768, 192)]
+    return [
+        (pixels[:, r : r + 96, c : c + 96], labels[r : r + 96, c : c + 96])
+        for r in range(0, 768, 192)
+        for c in range(0, 768, 192)
+    ]
 
 
 BANDS = ["B", "G", "R", "N", "S1", "S2"]
@@ -86,8 +89,9 @@ class _Server:
                     self.send_response(answer)
                     self.end_headers()
                     return
-                data = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": answer}}]}).encode()
+                data = json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -163,4 +167,5 @@ def test_endpoint_errors_are_clear(berlin_windows, server) -> None:
         HttpWriter(ChatClient(srv.url, "m")).write(facts, key="k", attempt=0)
     with pytest.raises(ResponseWriterError, match="unreachable"):
         HttpWriter(ChatClient("http://127.0.0.1:9/v1", "m", timeout=2)).write(
-            facts, key="k", attempt=0)
+            facts, key="k", attempt=0
+        )

@@ -21,8 +21,10 @@ def _gap(a, b) -> int:
     return max(dr, dc)
 
 
-@pytest.mark.parametrize(("h", "w", "size", "buffer"), [(768, 1536, 128, 8), (443, 489, 128, 8),
-                                                       (101, 100, 32, 8), (1000, 700, 64, 3)])
+@pytest.mark.parametrize(
+    ("h", "w", "size", "buffer"),
+    [(768, 1536, 128, 8), (443, 489, 128, 8), (101, 100, 32, 8), (1000, 700, 64, 3)],
+)
 def test_block_split_keeps_other_splits_a_buffer_away(
     h: int, w: int, size: int, buffer: int
 ) -> None:

@@ -24,13 +24,26 @@ SAMPLE_CATALOG = {
         "images": "s2_l1c_berlin_20170216.tif",
         "labels": "s2_l1c_berlin_20170216_osm_labels.tif",
     },
-    "classes": {0: "unlabelled", 1: "farm", 2: "meadow", 3: "grass", 4: "scrub",
-                5: "forest", 6: "wetland", 7: "water", 8: "residential"},
+    "classes": {
+        0: "unlabelled",
+        1: "farm",
+        2: "meadow",
+        3: "grass",
+        4: "scrub",
+        5: "forest",
+        6: "wetland",
+        7: "water",
+        8: "residential",
+    },
     "ignore": [0],
     "targets": {"vegetation": [1, 2, 3, 4, 5], "water": [7], "building": [8]},
     "patch": {"size": 128, "min_valid": 0.1},
-    "split": {"method": "blocks", "fractions": {"train": 0.7, "val": 0.1, "test": 0.2},
-              "buffer_px": 8, "seed": 0},
+    "split": {
+        "method": "blocks",
+        "fractions": {"train": 0.7, "val": 0.1, "test": 0.2},
+        "buffer_px": 8,
+        "seed": 0,
+    },
 }
 
 
@@ -50,9 +63,21 @@ def sample_spie(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def quick_config(sample_spie: Path, tmp_path: Path) -> TrainConfig:
     """Seconds-long stages at 64 px input (each test overrides what it studies)."""
-    quick = StageConfig(epochs=2, batch_size=2, warmup_steps=1, max_steps_per_epoch=3,
-                        lr_vision=2e-3, lr_llm=2e-3, llm="full")
+    quick = StageConfig(
+        epochs=2,
+        batch_size=2,
+        warmup_steps=1,
+        max_steps_per_epoch=3,
+        lr_vision=2e-3,
+        lr_llm=2e-3,
+        llm="full",
+    )
     return TrainConfig(
-        spie=str(sample_spie), out=str(tmp_path / "run"), input_size=64, response_tokens=16,
-        stage0=replace(quick, batch_size=4), stage1=quick, stage2=quick,
+        spie=str(sample_spie),
+        out=str(tmp_path / "run"),
+        input_size=64,
+        response_tokens=16,
+        stage0=replace(quick, batch_size=4),
+        stage1=quick,
+        stage2=quick,
     )

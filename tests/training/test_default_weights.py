@@ -48,8 +48,9 @@ def test_default_weights_extract_sample(tmp_path, monkeypatch):
             assert ModelRegistry().resolve("default", target) == str(WEIGHTS)
             assert extractor.provenance()["training"]["kind"] == "spex-staged"
 
-    settings = ExtractionSettings(target="water", model="default", tile=256, overlap=32,
-                                  batch_size=8)
+    settings = ExtractionSettings(
+        target="water", model="default", tile=256, overlap=32, batch_size=8
+    )
     paths = run_extraction(SAMPLE, settings, tmp_path / "out")
     with rasterio.open(paths["mask"]) as src:
         mask = src.read(1)

@@ -35,9 +35,14 @@ def _text_loss(cfg, model, masks: bool) -> float:
     batch = next(text_batches(index, cfg.bands, cfg.input_size, None, 4, cfg.seed, 0))
     responses = truncate_responses(batch.responses, model.llm.tokenizer, cfg.response_tokens)
     with torch.no_grad():
-        out = model.eval()(batch.pixels, batch.instructions, responses,
-                           masks=batch.masks if masks else None,
-                           mask_valid=batch.valid if masks else None, targets=batch.targets)
+        out = model.eval()(
+            batch.pixels,
+            batch.instructions,
+            responses,
+            masks=batch.masks if masks else None,
+            mask_valid=batch.valid if masks else None,
+            targets=batch.targets,
+        )
     return float(out.loss)
 
 
@@ -91,8 +96,11 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
     # ... and it is evaluated as 'spex-per-target' for its own target only.
     from model.training.evaluate import evaluate, per_target_predictor
 
-    rows = evaluate(cfg.spie, {"spex-per-target": per_target_predictor(
-        {"water": product_dir(water, 2)})}, split="test")
+    rows = evaluate(
+        cfg.spie,
+        {"spex-per-target": per_target_predictor({"water": product_dir(water, 2)})},
+        split="test",
+    )
     assert rows and {r["target"] for r in rows} == {"water"}
     assert {r["method"] for r in rows} == {"spex-per-target"}
 
@@ -105,12 +113,28 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
     responses = truncate_responses(batch.responses, m1.llm.tokenizer, cfg.response_tokens)
 
     def loss(b):
-        out = m1(b.pixels, b.instructions, responses, masks=b.masks, mask_valid=b.valid,
-                 targets=b.targets)
+        out = m1(
+            b.pixels,
+            b.instructions,
+            responses,
+            masks=b.masks,
+            mask_valid=b.valid,
+            targets=b.targets,
+        )
         return {"loss": out.loss}
 
     before2 = _text_loss(cfg, m1, masks=True)
     sc = replace(cfg.stage2, epochs=6, max_steps_per_epoch=None, lr_vision=3e-3)
-    run_stage(Stage("stage2", Path(cfg.out) / "fixed", m1, trainable_groups(m1), sc,
-                    lambda epoch: [batch] * 4, 4, loss))
+    run_stage(
+        Stage(
+            "stage2",
+            Path(cfg.out) / "fixed",
+            m1,
+            trainable_groups(m1),
+            sc,
+            lambda epoch: [batch] * 4,
+            4,
+            loss,
+        )
+    )
     assert _text_loss(cfg, m1, masks=True) < before2

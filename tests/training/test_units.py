@@ -70,13 +70,22 @@ def test_stage2_mask_branch_has_its_own_learning_rate():
     groups = trainable_groups(model)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)].split(".")[0] for p in groups["decoder"]} == {
-        "msam", "tcp", "decoder", "detail", "target_tokens"}
-    assert all(names[id(p)].startswith("msam.to_decoder.") or not names[id(p)].startswith("msam.")
-               for p in groups["decoder"])
+        "msam",
+        "tcp",
+        "decoder",
+        "detail",
+        "target_tokens",
+    }
+    assert all(
+        names[id(p)].startswith("msam.to_decoder.") or not names[id(p)].startswith("msam.")
+        for p in groups["decoder"]
+    )
     assert {names[id(p)].split(".")[0] for p in groups["vision"]} == {"encoder", "msam"}
     assert sum(len(v) for v in groups.values()) == len(trainable)
     opt = build_optimizer(groups, StageConfig(lr_vision=3e-4, lr_decoder=1e-3))
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"vision": 3e-4, "decoder": 1e-3}
-    assert {g["name"]: g["lr"] for g in build_optimizer(groups, StageConfig(lr_vision=2e-4))
-            .param_groups} == {"vision": 2e-4, "decoder": 2e-4}
+    assert {
+        g["name"]: g["lr"]
+        for g in build_optimizer(groups, StageConfig(lr_vision=2e-4)).param_groups
+    } == {"vision": 2e-4, "decoder": 2e-4}
