@@ -10,8 +10,8 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
+from pipeline.cli.spie import spie_app
 from pipeline.spie.catalog import load_dataset
-from pipeline.spie.cli import spie_app
 from pipeline.spie.facts import sample_facts
 from pipeline.spie.quality import DEFAULT_BAR, score_response
 from pipeline.spie.store import SpieDataset

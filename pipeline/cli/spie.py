@@ -1,7 +1,7 @@
 """``spex spie``: build and inspect SPIE data sets from the command line (no server needed).
 
-Registered in the main CLI as ``app.add_typer(spie_app, name="spie")``; also runnable as
-``python -m pipeline.spie.cli``. Input problems print one ``error:`` line, exit status 2.
+Registered on the ``spex`` app in :mod:`pipeline.cli.main`. Input problems print one
+``error:`` line, exit status 2.
 """
 
 from __future__ import annotations
@@ -142,6 +142,3 @@ def stats(
         _fail(exc)
     typer.echo(json.dumps(result, indent=1) if as_json else format_stats(result))
 
-
-if __name__ == "__main__":
-    spie_app()

@@ -1,13 +1,7 @@
 """``spex train`` and ``spex eval``: the staged training and the evaluation from the
 command line, with progress bars (no Prefect server needed).
 
-Register in :mod:`pipeline.cli` with::
-
-    from pipeline.cli_train import eval_command, train_command
-    app.command("train")(train_command)
-    app.command("eval")(eval_command)
-
-Also runnable alone: ``python -m pipeline.cli_train train --config FILE``.
+Registered on the ``spex`` app in :mod:`pipeline.cli.main`.
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS = REPO / "model" / "weights" / "default"
 DEFAULT_MVPNET = REPO / "model" / "weights" / "mvpnet"
 
@@ -146,17 +140,3 @@ def eval_command(
     typer.echo(iou_table(result["rows"]))
     typer.echo(json.dumps({"paths": result["paths"], "goal": result["goal"]}))
 
-
-app = typer.Typer(
-    help="SPEX training and evaluation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
-train_app = app
-eval_app = app
-
-if __name__ == "__main__":
-    app()

@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_models import models_app
-from pipeline.cli_train import eval_command, train_command
+from pipeline.cli.models import models_app
+from pipeline.cli.spie import spie_app
+from pipeline.cli.train import eval_command, train_command
 from pipeline.errors import SpexInputError
-from pipeline.spie.cli import spie_app
 
 app = typer.Typer(
     help="SPEX: instruction-driven land-cover extraction from multispectral scenes.",
@@ -240,6 +240,3 @@ def main() -> None:
         typer.echo(f"error: cannot write output{where}: {error.strerror}", err=True)
         raise SystemExit(2) from None
 
-
-if __name__ == "__main__":
-    main()
