@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from pipeline.targets import target_names
-
 models_app = typer.Typer(
     help="The model registry: versioned SPEX checkpoints and the promoted default.",
     no_args_is_help=True,
@@ -34,6 +32,8 @@ def list_models(registry: RootOpt = None) -> None:
     default = reg.default_version()
     entries = reg.entries()
     if not entries:
+        from pipeline.targets import target_names
+
         per_target = {t: reg.resolve("default", t) for t in target_names()}
         typer.echo(f"no registered model in {reg.root}; default resolves to {per_target}")
         return
@@ -52,6 +52,8 @@ def show(
     if version == "default":
         chosen = reg.default_version()
         if chosen is None:
+            from pipeline.targets import target_names
+
             per_target = {t: reg.resolve("default", t) for t in target_names()}
             typer.echo(json.dumps({"default": per_target, "promoted": None}))
             return
