@@ -121,12 +121,22 @@ def _transform_list(transform: Affine | Sequence[float]) -> list[float]:
 
 
 def _fsync_tree(folder: Path) -> None:
-    """fsync every file under ``folder`` (the chunk files of one tile)."""
+    """fsync every file under ``folder`` (the chunk files of one tile).
+
+    Another writer of the same tile (a retried task whose first try still runs) may
+    rename its ``*.partial`` chunk into place while we walk: a file that vanished between
+    listing and opening is not ours to sync, so it is skipped rather than fatal.
+    """
     if not folder.exists():
         return
     for root, _, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            if name.endswith(".partial"):
+                continue
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
             try:
                 os.fsync(fd)
             finally:
