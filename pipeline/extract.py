@@ -56,7 +56,8 @@ from pipeline.outputs.atomic import (
     ensure_writable_dir,
     fsync_dir,
 )
-from pipeline.outputs.quicklook import render_quicklook
+from pipeline.outputs.cog import MASK_NODATA, BandStyle
+from pipeline.outputs.quicklook import DEFAULT_OVERLAY, OVERLAY_COLOURS, render_quicklook
 from pipeline.outputs.report import build_report, write_report
 from pipeline.outputs.space import is_storage_error, storage_error
 from pipeline.outputs.stac import build_item, validate_item
@@ -615,6 +616,20 @@ def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
         return _finalise_locked(plan)
 
 
+def _band_styles(target: str) -> dict[str, BandStyle]:
+    """Mask: paletted (target in its quicklook colour, 'other' and nodata transparent);
+    probability: described as 0..1 with NaN nodata."""
+    r, g, b, _ = OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY)
+    return {
+        "mask": BandStyle(
+            description=f"{target} mask (1 {target}, 0 other, {MASK_NODATA} nodata)",
+            classes={0: "other", 1: target, MASK_NODATA: "nodata"},
+            colours={0: (0, 0, 0, 0), 1: (r, g, b, 255), MASK_NODATA: (0, 0, 0, 0)},
+        ),
+        "probability": BandStyle(description=f"{target} probability (0-1, NaN nodata)"),
+    }
+
+
 def _space_needed(plan: ExtractionPlan) -> int:
     """Upper bound of the bytes finalise writes: uncompressed intermediates and COGs with
     overviews (x 4/3), the Zarr copy, polygons and small files."""
@@ -642,6 +657,7 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
             staged(outputs.probability) if outputs.probability else None,
             plan.settings.threshold,
             tags=_tags(plan),
+            styles=_band_styles(plan.settings.target),
         )
         scene = _open(plan.source, plan.open_kwargs)
         if outputs.zarr is not None:

@@ -194,7 +194,7 @@ def extract(
         typer.Option(
             "--simplify",
             help="Polygon simplification tolerance in map units (e.g. metres; 0 keeps exact "
-            "pixel edges; half a pixel removes the staircase).",
+            "pixel edges; one pixel size smooths the staircase).",
         ),
     ] = 0.0,
     force: Annotated[

@@ -22,9 +22,12 @@ How, and why:
   more. Memory follows the strip size and the regions still open, not the scene size.
 - **Simplification** (``simplify`` > 0, in CRS units, e.g. metres): shapely's
   topology-preserving Douglas-Peucker on each region, after merging. The default 0 keeps
-  exact pixel edges (staircase outlines); a tolerance of half a pixel removes the stairs
-  while moving no vertex more than that distance, at the cost of areas no longer
-  matching the mask exactly (``area_m2`` still reports the mask's area).
+  exact pixel edges (staircase outlines); a tolerance of one pixel size smooths the
+  stairs of edges up to 45 degrees (their corners lie 0.71 pixel off the true line).
+  Outlines then move by about the tolerance (at most 1.5 times it on the Berlin sample's
+  regions of 50 pixels or more; specks of a few pixels may collapse to triangles), and
+  polygon areas no longer match the mask exactly (``area_m2`` still reports the mask's
+  area; polygon areas stayed within 12 % of it on that sample).
 - **Same input, same bytes**: features come out in a fixed order (by the strip where a
   region closes, then by its first pixel in scan order), and GeoPackage's last-change
   timestamp is pinned (``OGR_CURRENT_DATE``), so a resumed job rewrites identical files.
