@@ -57,7 +57,13 @@ from pipeline.outputs.atomic import (
     fsync_dir,
 )
 from pipeline.outputs.cog import MASK_NODATA, BandStyle
-from pipeline.outputs.quicklook import DEFAULT_OVERLAY, OVERLAY_COLOURS, render_quicklook
+from pipeline.outputs.quicklook import (
+    DEFAULT_OVERLAY,
+    NODATA_COLOUR,
+    OTHER_COLOUR,
+    OVERLAY_COLOURS,
+    render_quicklook,
+)
 from pipeline.outputs.report import build_report, write_report
 from pipeline.outputs.space import is_storage_error, storage_error
 from pipeline.outputs.stac import build_item, validate_item
@@ -617,14 +623,15 @@ def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
 
 
 def _band_styles(target: str) -> dict[str, BandStyle]:
-    """Mask: paletted (target in its quicklook colour, 'other' and nodata transparent);
-    probability: described as 0..1 with NaN nodata."""
+    """Mask: paletted (target in its quicklook colour, 'other' light grey; GeoTIFF colour
+    maps hold no alpha, and nodata is transparent as declared nodata); probability:
+    described as 0..1 with NaN nodata."""
     r, g, b, _ = OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY)
     return {
         "mask": BandStyle(
             description=f"{target} mask (1 {target}, 0 other, {MASK_NODATA} nodata)",
             classes={0: "other", 1: target, MASK_NODATA: "nodata"},
-            colours={0: (0, 0, 0, 0), 1: (r, g, b, 255), MASK_NODATA: (0, 0, 0, 0)},
+            colours={0: OTHER_COLOUR, 1: (r, g, b, 255), MASK_NODATA: NODATA_COLOUR},
         ),
         "probability": BandStyle(description=f"{target} probability (0-1, NaN nodata)"),
     }

@@ -17,8 +17,9 @@ Why these choices:
   resampling happened to hit), ``average`` for probabilities. With
   ``overview_count=None`` GDAL adds levels until the smallest one fits in one block.
 * Styling for QGIS and other desktop GIS (:class:`BandStyle`): the mask carries a colour
-  table (target colour, transparent "other" and nodata) so it opens as a paletted layer
-  over the imagery, a band description, and its class names as band metadata
+  table (target colour, grey "other"; TIFF colour maps hold no alpha, nodata is
+  transparent as declared nodata) so it opens as a paletted layer, a band
+  description, and its class names as band metadata
   (``CLASS_<value>``; GeoTIFF has no other in-file place for them, GDAL would put
   category names in an ``.aux.xml`` sidecar). The probability COG stays float32 in 0..1
   with NaN declared as nodata, described as such.

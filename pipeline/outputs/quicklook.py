@@ -26,6 +26,7 @@ OVERLAY_COLOURS = {
 }
 DEFAULT_OVERLAY = (255, 215, 0, 150)  # a target without a colour of its own
 NODATA_COLOUR = (40, 40, 40, 255)
+OTHER_COLOUR = (224, 224, 224, 255)  # "not the target" in the mask COG's colour table
 COMPOSITES = (("R", "G", "B"), ("N", "R", "G"), ("S1", "N", "R"))
 
 
