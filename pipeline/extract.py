@@ -65,7 +65,7 @@ from pipeline.outputs.quicklook import (
     render_quicklook,
 )
 from pipeline.outputs.report import build_report, write_report
-from pipeline.outputs.space import is_storage_error, storage_error
+from pipeline.outputs.space import is_storage_error, probe_storage, storage_error
 from pipeline.outputs.stac import build_item, validate_item
 from pipeline.product import ProductIdentity, identify_product, is_stac_item, resolve_stac_item
 from pipeline.scene import check_valid, decimated_sample, open_scene, require_bands
@@ -656,7 +656,7 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     def staged(final: Path) -> Path:
         return stage / final.name
 
-    current = outputs.mask
+    current, what = outputs.mask, "the mask" + (" and probability" if outputs.probability else "")
     try:
         store = TileStore.open(plan.store_path, plan.fingerprint)
         store.finalise(
@@ -668,14 +668,15 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
         )
         scene = _open(plan.source, plan.open_kwargs)
         if outputs.zarr is not None:
-            current = outputs.zarr
+            current, what = outputs.zarr, "the Zarr copy"
             _write_zarr(staged(outputs.zarr), staged(outputs.mask), plan)
         descriptions = _descriptions(plan)
+        what = "the polygons"
         for current in (p for p in (outputs.gpkg, outputs.parquet) if p is not None):
             _write_polygons(plan, store, staged, current, descriptions)
-        current = outputs.quicklook
+        current, what = outputs.quicklook, "the quicklook"
         render_quicklook(scene, staged(outputs.mask), plan.settings.target, staged(current))
-        current = outputs.report
+        current, what = outputs.report, "the report"
         report = build_report(
             staged(outputs.mask),
             target=plan.settings.target,
@@ -685,15 +686,14 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
             mask_name=outputs.mask.name,
         )
         write_report(report, staged(outputs.report), staged(outputs.report_md))
-        current = outputs.stac
+        current, what = outputs.stac, "the STAC item"
         _write_stac(plan, staged)
-        current = outputs.mask
+        current, what = outputs.mask, "renaming the outputs into place"
         _commit(plan, staged)
     except Exception as exc:
-        if is_storage_error(exc):
-            raise storage_error(
-                exc, current, _space_needed(plan), f"outputs of {plan.stem}"
-            ) from exc
+        cause = exc if is_storage_error(exc) else probe_storage(stage)
+        if cause is not None:
+            raise storage_error(cause, current, _space_needed(plan), what) from exc
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -9,6 +9,7 @@ be written, how much space is free there, and how much the job needs, so
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -32,6 +33,27 @@ def is_storage_error(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def probe_storage(folder: str | os.PathLike[str], nbytes: int = 1 << 20) -> OSError | None:
+    """Write and remove ``nbytes`` in ``folder``; the storage error it hits, if any.
+
+    Some writers (GDAL's GeoPackage driver through pyogrio) report a full disk only as
+    "failed to commit transaction"; a probe of the same folder tells whether the storage
+    is the cause, so the operator still gets the file-and-space message.
+    """
+    path = Path(folder) / f".spex-space-probe-{os.getpid()}"
+    try:
+        with open(path, "wb") as handle:
+            handle.write(b"\0" * nbytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return exc if exc.errno in STORAGE_ERRNOS else None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return None
 
 
 def _reason(exc: BaseException) -> str:

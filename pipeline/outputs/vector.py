@@ -319,7 +319,7 @@ class _Writer:
     def _write_gpkg(self, columns: dict[str, np.ndarray], wkb: np.ndarray) -> None:
         from pyogrio.raw import write
 
-        with _gdal_options(OGR_CURRENT_DATE=FIXED_TIMESTAMP):
+        with _gdal_options(OGR_CURRENT_DATE=FIXED_TIMESTAMP), _as_output_error(self.path):
             write(
                 str(self.path),
                 wkb,
@@ -375,6 +375,17 @@ class _Writer:
         }
         self._parquet.add_key_value_metadata({"geo": json.dumps(geo, sort_keys=True)})
         self._parquet.close()
+
+
+@contextlib.contextmanager
+def _as_output_error(path: Path) -> Iterator[None]:
+    """GDAL write failures (pyogrio's DataSourceError and kin) as one OutputError."""
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        yield
+    except (DataSourceError, DataLayerError) as exc:
+        raise OutputError(f"cannot write polygons {path}: {exc}") from exc
 
 
 @contextlib.contextmanager
