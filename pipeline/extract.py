@@ -694,6 +694,10 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
         cause = exc if is_storage_error(exc) else probe_storage(stage)
         if cause is not None:
             raise storage_error(cause, current, _space_needed(plan), what) from exc
+        if isinstance(exc, SpexInputError) and str(stage) in str(exc):
+            # name the file the user will look for, not its staging copy
+            text = str(exc).replace(str(stage), str(outputs.mask.parent))
+            raise type(exc)(text) from exc
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -468,3 +468,35 @@ def test_drill_late_failure_leaves_no_final_file(
     lost = sum((out / n).read_bytes() != data for n, data in clean_all.items())
     drill_log("9 failure in finalise (file size limit)", runs=2, faults=1, files_lost=lost)
     assert lost == 0
+
+
+def test_drill_scene_refused_late_leaves_no_final_file(
+    tmp_path: Path, drill_log: Callable[..., None]
+) -> None:
+    """The Berlin sample with its CRS but without a geotransform. Whether the job refuses
+    it at plan time or only when the report needs map coordinates, it exits 2 with one
+    clear line and no final-named file (before, the mask COG and quicklook appeared)."""
+    import rasterio
+
+    scene = tmp_path / "no_transform_20170216.tif"
+    with rasterio.open(BERLIN) as src:
+        profile = {**src.profile, "transform": rasterio.Affine.identity()}
+        data, tags, crs, names = src.read(), src.tags(), src.crs, src.descriptions
+    with rasterio.open(scene, "w", **{**profile, "crs": crs}) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+        for band, name in enumerate(names, start=1):
+            dst.set_band_description(band, name)
+    out = tmp_path / "out"
+    cmd = _cmd(out)
+    cmd[3] = str(scene)
+    failed = subprocess.run(
+        [*cmd, "--format", FORMATS], capture_output=True, text=True, timeout=300
+    )
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in failed.stderr and "geotransform" in failed.stderr
+    finals = [p.name for p in out.glob("no_transform_20170216_water*")] if out.exists() else []
+    assert finals == []
+    assert not [p for p in out.rglob("*") if TEMP_MARK in p.name] if out.exists() else True
+    drill_log("10 scene without geotransform", runs=1, faults=1, files_lost=0)
