@@ -172,3 +172,32 @@ def test_spex_descriptions_reach_the_polygons(tmp_path: Path, monkeypatch) -> No
         assert text == texts.get(tile)
     assert polygons["description"].notna().any()
     assert polygons["truthfulness"].isna().all()
+
+
+def test_cli_refuses_a_negative_tolerance_cleanly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spex = Path(sys.executable).with_name("spex")
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [
+            str(spex),
+            "extract",
+            "water",
+            str(BERLIN),
+            "--out",
+            str(out),
+            "--format",
+            "gpkg",
+            "--simplify",
+            "-1",
+            "--model",
+            "index",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip() == "error: --simplify must be >= 0 (map units), got -1.0"
+    assert not out.exists()
