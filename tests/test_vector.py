@@ -201,3 +201,22 @@ def test_cli_refuses_a_negative_tolerance_cleanly(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.strip() == "error: --simplify must be >= 0 (map units), got -1.0"
     assert not out.exists()
+
+
+def test_no_region_gives_an_empty_layer_with_crs(
+    water: dict[str, str | None], tmp_path: Path
+) -> None:
+    """A mask without target pixels (the sample's mask, all set to 'other') still gives a
+    layer analysts can open: no features, the right CRS and fields."""
+    with rasterio.open(water["mask"]) as src:
+        profile = {**src.profile, "driver": "GTiff"}
+        empty = np.where(src.read(1) == 255, 255, 0).astype(np.uint8)
+    path = tmp_path / "none.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(empty, 1)
+    for suffix, read in (("gpkg", gpd.read_file), ("parquet", gpd.read_parquet)):
+        out = tmp_path / f"none.{suffix}"
+        assert write_polygons(path, out, probability=None, settings=PolygonSettings("water")) == 0
+        layer = read(out)
+        assert len(layer) == 0 and layer.crs.to_epsg() == 32633
+        assert "area_m2" in layer.columns
