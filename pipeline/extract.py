@@ -56,7 +56,7 @@ from pipeline.outputs.atomic import (
     ensure_writable_dir,
     fsync_dir,
 )
-from pipeline.outputs.cog import MASK_NODATA, BandStyle
+from pipeline.outputs.cog import MASK_NODATA, BandStyle, pam_sidecar, write_class_names
 from pipeline.outputs.quicklook import (
     DEFAULT_OVERLAY,
     NODATA_COLOUR,
@@ -154,10 +154,12 @@ class OutputPaths:
 
     def files(self) -> list[Path]:
         """Every final file (or store) of the job, in the order they are committed: data
-        first, then quicklook and reports, the STAC item (which lists them) last."""
+        first (the mask with its class-names sidecar), then quicklook and reports, the
+        STAC item (which lists them) last."""
         optional = [self.probability, self.zarr, self.gpkg, self.parquet]
         return [
             self.mask,
+            pam_sidecar(self.mask),
             *(p for p in optional if p is not None),
             self.quicklook,
             self.report,
@@ -657,6 +659,7 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
         return stage / final.name
 
     current, what = outputs.mask, "the mask" + (" and probability" if outputs.probability else "")
+    styles = _band_styles(plan.settings.target)
     try:
         store = TileStore.open(plan.store_path, plan.fingerprint)
         store.finalise(
@@ -664,8 +667,9 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
             staged(outputs.probability) if outputs.probability else None,
             plan.settings.threshold,
             tags=_tags(plan),
-            styles=_band_styles(plan.settings.target),
+            styles=styles,
         )
+        write_class_names(staged(outputs.mask), styles["mask"])
         scene = _open(plan.source, plan.open_kwargs)
         if outputs.zarr is not None:
             current, what = outputs.zarr, "the Zarr copy"

@@ -198,6 +198,9 @@ def test_job_rasters_open_as_styled_layers(tmp_path) -> None:
         assert mask.nodata == 255
         assert mask.tags(1) == {"CLASS_0": "other", "CLASS_1": "water", "CLASS_255": "nodata"}
         assert mask.descriptions[0].startswith("water mask")
+    sidecar = Path(paths["mask"] + ".aux.xml").read_text()  # category names, for QGIS
+    assert "<Category>other</Category>" in sidecar and "<Category>water</Category>" in sidecar
+    with rasterio.open(paths["mask"]) as mask:
         full = mask.read(1)
         level = mask.overviews(1)[0]
         overview = mask.read(1, out_shape=(mask.height // level, mask.width // level))

@@ -18,11 +18,11 @@ Why these choices:
   ``overview_count=None`` GDAL adds levels until the smallest one fits in one block.
 * Styling for QGIS and other desktop GIS (:class:`BandStyle`): the mask carries a colour
   table (target colour, grey "other"; TIFF colour maps hold no alpha, nodata is
-  transparent as declared nodata) so it opens as a paletted layer, a band
-  description, and its class names as band metadata
-  (``CLASS_<value>``; GeoTIFF has no other in-file place for them, GDAL would put
-  category names in an ``.aux.xml`` sidecar). The probability COG stays float32 in 0..1
-  with NaN declared as nodata, described as such.
+  transparent as declared nodata) so it opens as a paletted layer, a band description,
+  and its class names as band metadata (``CLASS_<value>``). GeoTIFF has no in-file place
+  for category names, so :func:`write_class_names` also writes them to the ``.aux.xml``
+  sidecar, from which GDAL and QGIS label the classes. The probability COG stays
+  float32 in 0..1 with NaN declared as nodata, described as such.
 """
 
 from __future__ import annotations
@@ -225,6 +225,30 @@ def write_array_cog(
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def pam_sidecar(path: str | os.PathLike[str]) -> Path:
+    """GDAL's sidecar of ``path`` (``<name>.aux.xml``), where desktop GIS find class names."""
+    path = Path(path)
+    return path.with_name(path.name + ".aux.xml")
+
+
+def write_class_names(path: str | os.PathLike[str], style: BandStyle) -> Path:
+    """Write the class names of band 1 as GDAL category names into ``path``'s sidecar.
+
+    GeoTIFF has no in-file place for category names; GDAL (and so QGIS, which labels a
+    paletted layer's classes with them) reads them from ``<name>.aux.xml``. The COG
+    keeps them too, as ``CLASS_<value>`` band metadata, for readers that skip sidecars.
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    names = ET.SubElement(band, "CategoryNames")
+    for value in range(max(style.classes) + 1):
+        ET.SubElement(names, "Category").text = style.classes.get(value, "")
+    ET.indent(root)
+    sidecar = pam_sidecar(path)
+    sidecar.write_text(ET.tostring(root, encoding="unicode") + "\n", encoding="utf-8")
+    return sidecar
 
 
 def validate_cog(path: str | os.PathLike[str]) -> tuple[bool, list[str], list[str]]:

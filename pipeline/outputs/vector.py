@@ -332,6 +332,9 @@ class _Writer:
                 encoding="UTF-8",
                 append=self._written > 0,
                 promote_to_multi=True,
+                # GeoPackage 1.2: what QGIS LTRs on GDAL 3.6 read without a warning
+                # (GDAL 3.12 would write 1.4, which they call "partially supported").
+                dataset_options=None if self._written else {"VERSION": "1.2"},
             )
 
     def _write_parquet(self, columns: dict[str, np.ndarray], wkb: np.ndarray) -> None:
