@@ -39,6 +39,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ WRITE_BATCH = 2_000
 FIXED_TIMESTAMP = "2000-01-01T00:00:00.000Z"
 
 ProbabilitySource = Path | Callable[[slice, slice], np.ndarray]
+_GDAL_CONFIG_LOCK = threading.Lock()
 
 FIELDS: tuple[tuple[str, str], ...] = (
     ("region_id", "int64"),
@@ -319,7 +321,12 @@ class _Writer:
     def _write_gpkg(self, columns: dict[str, np.ndarray], wkb: np.ndarray) -> None:
         from pyogrio.raw import write
 
-        with _gdal_options(OGR_CURRENT_DATE=FIXED_TIMESTAMP), _as_output_error(self.path):
+        # GDAL config options are process-wide: one writer at a time sets and restores it.
+        with (
+            _GDAL_CONFIG_LOCK,
+            _gdal_options(OGR_CURRENT_DATE=FIXED_TIMESTAMP),
+            _as_output_error(self.path),
+        ):
             write(
                 str(self.path),
                 wkb,
