@@ -61,7 +61,7 @@ from pipeline.outputs.report import row_cell_areas
 from pipeline.tiling import Tile, TileGrid
 
 #: Largest strip of the mask (pixels) held at once; a strip is at least 16 rows.
-STRIP_PIXELS = 4_000_000
+STRIP_PIXELS = 1_000_000
 #: Features handed to the writer at once.
 WRITE_BATCH = 2_000
 #: GeoPackage's gpkg_contents.last_change: pinned so identical jobs give identical bytes.
