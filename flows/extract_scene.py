@@ -19,9 +19,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline.extract import (
     ExtractionPlan,
     ExtractionSettings,
+    extraction_job,
     finalise,
     limit_compute_threads,
-    plan_extraction,
     run_batch,
 )
 
@@ -62,6 +62,7 @@ def extract_scene(
     batch_size: int = 4,
     out_dir: str = "out",
     formats: list[str] | None = None,
+    simplify: float = 0.0,
     resume: bool = True,
     dask_address: str | None = None,
     max_workers: int = 2,
@@ -84,27 +85,34 @@ def extract_scene(
         overlap=overlap,
         batch_size=batch_size,
         formats=tuple(formats or ("cog",)),
+        simplify=simplify,
         device=device,
         force=not resume,
     )
     results = []
     for path in scenes:
-        plan = plan_extraction(path, settings, out_dir)
-        batches = [[t.index for t in b] for b in plan.pending_batches()]
-        logger.info(
-            "%s: %d tiles, %d pending in %d batches%s",
-            plan.scene_name,
-            len(plan.grid),
-            sum(map(len, batches)),
-            len(batches),
-            " (already complete)" if plan.done else "",
-        )
-        if batches:
-            if not dask_address:
-                limit_compute_threads(max_workers)
-            runner = _task_runner(dask_address, max_workers)
-            extract_tiles.with_options(task_runner=runner)(plan, batches)
-        paths = finalise(plan)
+        # Held from planning to the last rename: an identical run waits, then finds it done.
+        with extraction_job(
+            path,
+            settings,
+            out_dir,
+            on_wait=lambda holder: logger.info("waiting: the same job is run by %s", holder),
+        ) as plan:
+            batches = [[t.index for t in b] for b in plan.pending_batches()]
+            logger.info(
+                "%s: %d tiles, %d pending in %d batches%s",
+                plan.scene_name,
+                len(plan.grid),
+                sum(map(len, batches)),
+                len(batches),
+                " (already complete)" if plan.done else "",
+            )
+            if batches:
+                if not dask_address:
+                    limit_compute_threads(max_workers)
+                runner = _task_runner(dask_address, max_workers)
+                extract_tiles.with_options(task_runner=runner)(plan, batches)
+            paths = finalise(plan)
         logger.info(json.dumps(paths))
         report_md = Path(plan.outputs.report_md)
         if report_md.is_file():

@@ -12,20 +12,31 @@ workers), so both write the same bytes:
    the store. It only needs the picklable :class:`ExtractionPlan`, so any worker that
    sees the same filesystem can run it.
 3. :func:`finalise` blends the store into the mask (and probability) COGs, and writes
-   the optional Zarr, the quicklook, the report and the STAC item, each atomically.
+   the optional Zarr and polygons, the quicklook, the report and the STAC item.
 
 Resume: the store records finished tiles, so rerunning the same job computes only the
 missing ones; a job whose outputs are complete is a no-op unless ``force``.
+
+All or nothing: finalise writes every file into a staging folder inside ``.spex-work``
+and renames them into the output folder only when all of them are written, the done
+record last; a job that fails on the way (a report that refuses the mask, a full disk)
+leaves no final-named file, and the next run removes what an interrupted one left.
+
+One job at a time: :func:`extraction_job` holds the job's lock from planning to the last
+rename, so identical runs started together take turns (the later ones find the job done)
+instead of computing the same tiles at once; different jobs into one folder do not wait
+for each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -39,17 +50,34 @@ from pipeline import __version__
 from pipeline.errors import SpexInputError
 from pipeline.extractor import Extractor, TileBatch
 from pipeline.locking import output_lock
-from pipeline.outputs.atomic import atomic_path, atomic_write_text, ensure_writable_dir
-from pipeline.outputs.quicklook import render_quicklook
+from pipeline.outputs.atomic import (
+    TEMP_MARK,
+    atomic_write_text,
+    ensure_writable_dir,
+    fsync_dir,
+)
+from pipeline.outputs.cog import MASK_NODATA, BandStyle, pam_sidecar, write_class_names
+from pipeline.outputs.quicklook import (
+    DEFAULT_OVERLAY,
+    NODATA_COLOUR,
+    OTHER_COLOUR,
+    OVERLAY_COLOURS,
+    render_quicklook,
+)
 from pipeline.outputs.report import build_report, write_report
+from pipeline.outputs.space import is_storage_error, probe_storage, storage_error
 from pipeline.outputs.stac import build_item, validate_item
+from pipeline.product import ProductIdentity, identify_product, is_stac_item, resolve_stac_item
 from pipeline.scene import check_valid, decimated_sample, open_scene, require_bands
-from pipeline.stitching import TileStore
+from pipeline.sensors import load_sensor
+from pipeline.stitching import StoreMismatchError, TileStore
 from pipeline.targets import load_target
 from pipeline.tiling import Tile, TileGrid, plan_tiles
 
-FORMATS = ("cog", "prob", "zarr")
+FORMATS = ("cog", "prob", "zarr", "gpkg", "parquet")
 WORK_DIR = ".spex-work"
+#: Inside WORK_DIR: one record per output name, saying which source owns it.
+NAMES_DIR = "names"
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,8 @@ class ExtractionSettings:
     threshold_mode: str = "scene"
     device: str | None = None
     force: bool = False
+    #: Polygon simplification tolerance in the mask CRS's units (0: exact pixel edges).
+    simplify: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -77,6 +107,8 @@ class ExtractionSettings:
             )
         if self.batch_size < 1:
             raise SpexInputError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.simplify >= 0:
+            raise SpexInputError(f"--simplify must be >= 0 (map units), got {self.simplify}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +122,8 @@ class OutputPaths:
     quicklook: Path
     report: Path
     report_md: Path
+    gpkg: Path | None = None
+    parquet: Path | None = None
 
     @classmethod
     def for_job(cls, out_dir: Path, stem: str, formats: Sequence[str]) -> OutputPaths:
@@ -101,6 +135,8 @@ class OutputPaths:
             quicklook=out_dir / f"{stem}.png",
             report=out_dir / f"{stem}_report.json",
             report_md=out_dir / f"{stem}_report.md",
+            gpkg=out_dir / f"{stem}.gpkg" if "gpkg" in formats else None,
+            parquet=out_dir / f"{stem}.parquet" if "parquet" in formats else None,
         )
 
     def summary(self) -> dict[str, str | None]:
@@ -109,13 +145,30 @@ class OutputPaths:
             "mask": str(self.mask),
             "probability": str(self.probability) if self.probability else None,
             "zarr": str(self.zarr) if self.zarr else None,
+            "gpkg": str(self.gpkg) if self.gpkg else None,
+            "parquet": str(self.parquet) if self.parquet else None,
             "stac": str(self.stac),
             "quicklook": str(self.quicklook),
             "report": str(self.report),
         }
 
+    def files(self) -> list[Path]:
+        """Every final file (or store) of the job, in the order they are committed: data
+        first (the mask with its class-names sidecar), then quicklook and reports, the
+        STAC item (which lists them) last."""
+        optional = [self.probability, self.zarr, self.gpkg, self.parquet]
+        return [
+            self.mask,
+            pam_sidecar(self.mask),
+            *(p for p in optional if p is not None),
+            self.quicklook,
+            self.report,
+            self.report_md,
+            self.stac,
+        ]
+
     def all_exist(self) -> bool:
-        return all(Path(p).exists() for p in self.summary().values() if p is not None)
+        return all(p.exists() for p in self.files())
 
 
 @dataclass
@@ -133,6 +186,8 @@ class ExtractionPlan:
     outputs: OutputPaths
     scene_provenance: dict[str, Any] = field(default_factory=dict)
     done: bool = False
+    #: Where the output name came from and the acquisition date (see pipeline.product).
+    product: dict[str, Any] = field(default_factory=dict)
 
     def pending_batches(self) -> list[tuple[Tile, ...]]:
         """Tile batches still to compute (all of them on a fresh job)."""
@@ -145,13 +200,14 @@ class ExtractionPlan:
     def done_record(self) -> Path:
         return self.store_path.with_suffix(".done.json")
 
+    @property
+    def staging_dir(self) -> Path:
+        """Where finalise writes the files before renaming them into the output folder."""
+        return self.store_path.with_suffix(".staging")
 
-def scene_name(source: str | Path | Sequence[str | Path]) -> str:
-    """Output stem of a scene: the file stem, or the folder name for band-file sets."""
-    first = Path(source if isinstance(source, str | Path) else source[0])
-    if not isinstance(source, str | Path):
-        return first.parent.name or first.stem
-    return first.name if first.is_dir() else first.stem.removesuffix(".zarr")
+    @property
+    def stem(self) -> str:
+        return self.outputs.mask.stem
 
 
 def load_extractor(
@@ -236,18 +292,76 @@ def _open(source: str | list[str], open_kwargs: dict[str, Any]) -> xr.DataArray:
     )
 
 
-def plan_extraction(
+def _source_key(source: str | Path | Sequence[str | Path]) -> str:
+    """Which input owns an output name: its resolved paths (not size or mtime, so a file
+    replaced under the same path is the same product, resumed or refused as before)."""
+    paths = [source] if isinstance(source, str | Path) else list(source)
+    text = json.dumps(sorted(str(Path(p).resolve()) for p in paths))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _single_file_tags(source: str | list[str]) -> dict[str, str]:
+    """Metadata tags of a single raster file (product ids, sensing dates), else {}."""
+    import rasterio
+
+    if not isinstance(source, str) or Path(source).is_dir():
+        return {}
+    with contextlib.suppress(Exception), rasterio.open(source) as src:
+        return {k: str(v) for k, v in src.tags().items()}
+    return {}
+
+
+def _identify(source: str | list[str], scene: xr.DataArray) -> ProductIdentity:
+    sensor = scene.attrs.get("sensor")
+    pattern = None
+    if sensor:
+        with contextlib.suppress(SpexInputError):
+            pattern = load_sensor(str(sensor)).product_name
+    prov = json.loads(scene.attrs.get("provenance", "{}"))
+    sensed = prov.get("sensing_date")
+    return identify_product(
+        source,
+        pattern=pattern,
+        tags=_single_file_tags(source),
+        sensed=date.fromisoformat(str(sensed)[:10]) if sensed else None,
+    )
+
+
+def _claim_name(out: Path, name: str, source_key: str) -> str:
+    """``name``, or ``name-<hash>`` when another input already owns ``name`` in ``out``.
+
+    The first input written under a name keeps it (a record in ``.spex-work/names``); a
+    different input that arrives at the same name (two granules of one tile and time, two
+    generic file names) gets a suffix from its source paths, so it never takes over or
+    is refused as "another job". The same input always maps back to the same name.
+    """
+    record = out / WORK_DIR / NAMES_DIR / f"{name}.json"
+    with output_lock(out, f"name-{name}"):
+        if record.is_file():
+            with contextlib.suppress(ValueError, OSError):
+                owner = json.loads(record.read_text()).get("source_key")
+                return name if owner == source_key else f"{name}-{source_key[:8]}"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps({"name": name, "source_key": source_key}))
+    return name
+
+
+def _prepare(
     source: str | Path | Sequence[str | Path],
     settings: ExtractionSettings,
     out_dir: str | Path,
-    extractor: Extractor | None = None,
+    extractor: Extractor | None,
 ) -> ExtractionPlan:
-    """Validate the job, fit the extractor and open (or resume) its tile store."""
+    """Every input check, the fitted extractor and the output names; writes nothing but
+    the output folder's writability probe and the name record."""
     target = load_target(settings.target).name
     settings = replace(settings, target=target)
     src: str | list[str] = (
         str(source) if isinstance(source, str | Path) else [str(s) for s in source]
     )
+    stac = resolve_stac_item(src) if isinstance(src, str) and is_stac_item(src) else None
+    if stac is not None:
+        src = stac.paths[0] if len(stac.paths) == 1 else stac.paths
     open_kwargs: dict[str, Any] = {}
     if settings.sensor:
         open_kwargs["sensor"] = settings.sensor
@@ -256,17 +370,23 @@ def plan_extraction(
     # The same cached lazy scene the batches of this process use: opened (and its
     # per-scene radiometry computed) once.
     scene = _open(src, open_kwargs)
+    product = (
+        ProductIdentity(stac.item_id, f"STAC item {stac.item.name}", stac.acquired)
+        if stac is not None
+        else _identify(src, scene)
+    )
     extractor = extractor or load_extractor(
         settings.model, settings.threshold_mode, settings.device, target
     )
     require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
     grid = plan_tiles(scene.sizes["y"], scene.sizes["x"], settings.tile, settings.overlap)
     sample, _ = decimated_sample(scene)
-    check_valid(sample, label=f"scene {scene_name(src)}")
+    check_valid(sample, label=f"scene {product.name}")
     extractor.fit_scene(scene, target)
     provenance = extractor.provenance()
     out = ensure_writable_dir(out_dir)  # the first write, after every input check
-    stem = f"{scene_name(src)}_{target}"
+    name = _claim_name(out, product.name, _source_key(stac.item if stac else src))
+    stem = f"{name}_{target}"
     scene_prov = json.loads(scene.attrs.get("provenance", "{}"))
     fingerprint = _fingerprint(
         {
@@ -281,31 +401,118 @@ def plan_extraction(
             "software": __version__,
         }
     )
-    store_path = out / WORK_DIR / f"{stem}.zarr"
-    plan = ExtractionPlan(
+    return ExtractionPlan(
         source=src,
-        scene_name=scene_name(src),
+        scene_name=name,
         open_kwargs=open_kwargs,
         settings=settings,
         extractor=extractor,
         grid=grid,
-        store_path=store_path,
+        store_path=out / WORK_DIR / f"{stem}.zarr",
         fingerprint=fingerprint,
         outputs=OutputPaths.for_job(out, stem, settings.formats),
         scene_provenance=scene_prov,
+        product={
+            "name": name,
+            "named_by": product.named_by,
+            "acquired": product.acquired.isoformat() if product.acquired else None,
+        },
     )
-    with output_lock(out, stem):  # another run of this output may be finalising
+
+
+def _leftover_temps(plan: ExtractionPlan) -> list[Path]:
+    """What an interrupted finalise of this job can leave: hidden temp files next to the
+    final names (``.<stem>.spex-tmp-*``), ``finalise-*`` folders in the store, a staging
+    folder and a half-written Zarr."""
+    found: list[Path] = []
+    for final in plan.outputs.files():
+        found += final.parent.glob(f".{final.stem}{TEMP_MARK}*")
+        found += final.parent.glob(f"{final.name}.tmp")
+    found += plan.store_path.glob("finalise-*")
+    found += plan.store_path.parent.glob(f".{plan.store_path.name}{TEMP_MARK}*")
+    if plan.staging_dir.exists():
+        found.append(plan.staging_dir)
+    return sorted(found)
+
+
+def _remove_leftovers(plan: ExtractionPlan) -> None:
+    """Remove what an interrupted run of this job left (call under the job's lock)."""
+    for path in _leftover_temps(plan):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _open_store(plan: ExtractionPlan) -> ExtractionPlan:
+    """Discard (``force``), find done, or create / resume the job's tile store."""
+    settings, out = plan.settings, plan.outputs.mask.parent
+    scene = _open(plan.source, plan.open_kwargs)
+    with output_lock(out, plan.stem):  # another run of this output may be finalising
+        _remove_leftovers(plan)
         if settings.force:
-            shutil.rmtree(store_path, ignore_errors=True)
+            shutil.rmtree(plan.store_path, ignore_errors=True)
             plan.done_record.unlink(missing_ok=True)
         elif _is_done(plan):
             plan.done = True
             return plan
-        store_path.parent.mkdir(parents=True, exist_ok=True)
-        TileStore.create_or_open(
-            store_path, grid, scene.rio.crs, scene.rio.transform(), fingerprint, force=False
-        )
+        plan.store_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            TileStore.create_or_open(
+                plan.store_path,
+                plan.grid,
+                scene.rio.crs,
+                scene.rio.transform(),
+                plan.fingerprint,
+                force=False,
+            )
+        except StoreMismatchError as exc:
+            raise StoreMismatchError(
+                f"{out} holds an unfinished {plan.stem} job with other inputs or settings "
+                f"({exc}). Rerun with --force to discard it, or choose another --out."
+            ) from exc
     return plan
+
+
+def plan_extraction(
+    source: str | Path | Sequence[str | Path],
+    settings: ExtractionSettings,
+    out_dir: str | Path,
+    extractor: Extractor | None = None,
+) -> ExtractionPlan:
+    """Validate the job, fit the extractor and open (or resume) its tile store.
+
+    Does not hold the job for the caller: a caller that runs the whole job (and may race
+    an identical one) uses :func:`extraction_job`.
+    """
+    return _open_store(_prepare(source, settings, out_dir, extractor))
+
+
+def job_lock_name(stem: str) -> str:
+    """Name of the lock a whole job holds (apart from the output lock of its files)."""
+    return f"{stem}.job"
+
+
+@contextlib.contextmanager
+def extraction_job(
+    source: str | Path | Sequence[str | Path],
+    settings: ExtractionSettings,
+    out_dir: str | Path,
+    extractor: Extractor | None = None,
+    *,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[ExtractionPlan]:
+    """Plan the job and hold it for the ``with`` body (batches and finalise).
+
+    An identical job already running makes this wait for it (``SPEX_LOCK_TIMEOUT``,
+    default 600 s; ``on_wait`` is told who holds it) and then plan afresh, usually
+    finding the job done; past the limit it fails with one clear
+    :class:`~pipeline.locking.OutputLockedError`. Jobs with other names never wait.
+    """
+    prepared = _prepare(source, settings, out_dir, extractor)
+    out = prepared.outputs.mask.parent
+    with output_lock(out, job_lock_name(prepared.stem), on_wait=on_wait):
+        yield _open_store(prepared)
 
 
 def _is_done(plan: ExtractionPlan) -> bool:
@@ -341,14 +548,22 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
     texts_dir = plan.store_path / "texts"
     # Shared: batches of one job write disjoint slots; planning and finalising wait.
     with output_lock(plan.outputs.mask.parent, plan.outputs.mask.stem, mode="shared"):
-        for tile, text in zip(tiles, result.texts, strict=True):
-            if text is not None:
-                texts_dir.mkdir(exist_ok=True)
-                atomic_write_text(
-                    texts_dir / f"{tile.index}.json",
-                    json.dumps({"tile": tile.key, "row": tile.row, "col": tile.col, "text": text}),
-                )
-        store.write_batch(tiles, result.probability, valid)
+        try:
+            for tile, text in zip(tiles, result.texts, strict=True):
+                if text is not None:
+                    texts_dir.mkdir(exist_ok=True)
+                    atomic_write_text(
+                        texts_dir / f"{tile.index}.json",
+                        json.dumps(
+                            {"tile": tile.key, "row": tile.row, "col": tile.col, "text": text}
+                        ),
+                    )
+            store.write_batch(tiles, result.probability, valid)
+        except (OSError, SpexInputError) as exc:
+            if not is_storage_error(exc):
+                raise
+            needed = len(plan.grid) * plan.grid.tile_height * plan.grid.tile_width * 5
+            raise storage_error(exc, plan.store_path, needed, "the tile store") from exc
     return len(tiles)
 
 
@@ -371,13 +586,15 @@ def _provenance(plan: ExtractionPlan) -> dict[str, Any]:
         "mask_threshold": plan.settings.threshold,
         "sensor": plan.scene_provenance.get("sensor"),
         "scene": plan.scene_provenance,
+        "product": plan.product,
         "job_fingerprint": plan.fingerprint,
     }
 
 
 def _acquired(plan: ExtractionPlan) -> datetime:
-    """Acquisition time for STAC: from the scene's metadata, else the source's mtime."""
-    sensed = plan.scene_provenance.get("sensing_date")
+    """Acquisition time for STAC: from the product (STAC item, name, metadata), else the
+    source's mtime."""
+    sensed = plan.product.get("acquired") or plan.scene_provenance.get("sensing_date")
     if sensed:
         d = date.fromisoformat(str(sensed)[:10])
         return datetime(d.year, d.month, d.day, tzinfo=UTC)
@@ -395,7 +612,11 @@ def _descriptions(plan: ExtractionPlan) -> list[dict[str, Any]]:
 
 
 def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
-    """Blend the store into the final files; returns their paths (see OutputPaths)."""
+    """Blend the store into the final files; returns their paths (see OutputPaths).
+
+    All or nothing (see the module docstring): on any error no final-named file of this
+    job appears, and a full disk is reported with the file, the free space and the need.
+    """
     outputs = plan.outputs
     if plan.done:
         return outputs.summary()
@@ -403,61 +624,171 @@ def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
         return _finalise_locked(plan)
 
 
+def _band_styles(target: str) -> dict[str, BandStyle]:
+    """Mask: paletted (target in its quicklook colour, 'other' light grey; GeoTIFF colour
+    maps hold no alpha, and nodata is transparent as declared nodata); probability:
+    described as 0..1 with NaN nodata."""
+    r, g, b, _ = OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY)
+    return {
+        "mask": BandStyle(
+            description=f"{target} mask (1 {target}, 0 other, {MASK_NODATA} nodata)",
+            classes={0: "other", 1: target, MASK_NODATA: "nodata"},
+            colours={0: OTHER_COLOUR, 1: (r, g, b, 255), MASK_NODATA: NODATA_COLOUR},
+        ),
+        "probability": BandStyle(description=f"{target} probability (0-1, NaN nodata)"),
+    }
+
+
+def _space_needed(plan: ExtractionPlan) -> int:
+    """Upper bound of the bytes finalise writes: uncompressed intermediates and COGs with
+    overviews (x 4/3), the Zarr copy, polygons and small files."""
+    pixels = plan.grid.height * plan.grid.width
+    per_pixel = 1 + (4 if plan.outputs.probability else 0)
+    rasters = 2 * pixels * per_pixel * 4 // 3
+    extra = pixels * per_pixel if plan.outputs.zarr else 0
+    return rasters + extra + (1 << 20)
+
+
 def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     outputs = plan.outputs
-    store = TileStore.open(plan.store_path, plan.fingerprint)
-    store.finalise(outputs.mask, outputs.probability, plan.settings.threshold, tags=_tags(plan))
-    scene = _open(plan.source, plan.open_kwargs)
-    if outputs.zarr is not None:
-        _write_zarr(outputs, plan)
-    with atomic_path(outputs.quicklook) as tmp:
-        render_quicklook(scene, outputs.mask, plan.settings.target, tmp)
-    report = build_report(
-        outputs.mask,
-        target=plan.settings.target,
-        scene_name=plan.scene_name,
-        provenance=_provenance(plan),
-        descriptions=_descriptions(plan),
-    )
-    with atomic_path(outputs.report) as json_tmp, atomic_path(outputs.report_md) as md_tmp:
-        write_report(report, json_tmp, md_tmp)
-    assets: dict[str, Path] = {"mask": outputs.mask}
-    if outputs.probability:
-        assets["probability"] = outputs.probability
-    if outputs.zarr:
-        assets["zarr"] = outputs.zarr
-    assets |= {
+    _remove_leftovers(plan)
+    stage = plan.staging_dir
+    stage.mkdir(parents=True)
+
+    def staged(final: Path) -> Path:
+        return stage / final.name
+
+    current, what = outputs.mask, "the mask" + (" and probability" if outputs.probability else "")
+    styles = _band_styles(plan.settings.target)
+    try:
+        store = TileStore.open(plan.store_path, plan.fingerprint)
+        store.finalise(
+            staged(outputs.mask),
+            staged(outputs.probability) if outputs.probability else None,
+            plan.settings.threshold,
+            tags=_tags(plan),
+            styles=styles,
+        )
+        write_class_names(staged(outputs.mask), styles["mask"])
+        scene = _open(plan.source, plan.open_kwargs)
+        if outputs.zarr is not None:
+            current, what = outputs.zarr, "the Zarr copy"
+            _write_zarr(staged(outputs.zarr), staged(outputs.mask), plan)
+        descriptions = _descriptions(plan)
+        what = "the polygons"
+        for current in (p for p in (outputs.gpkg, outputs.parquet) if p is not None):
+            _write_polygons(plan, store, staged, current, descriptions)
+        current, what = outputs.quicklook, "the quicklook"
+        render_quicklook(scene, staged(outputs.mask), plan.settings.target, staged(current))
+        current, what = outputs.report, "the report"
+        report = build_report(
+            staged(outputs.mask),
+            target=plan.settings.target,
+            scene_name=plan.scene_name,
+            provenance=_provenance(plan),
+            descriptions=descriptions,
+            mask_name=outputs.mask.name,
+        )
+        write_report(report, staged(outputs.report), staged(outputs.report_md))
+        current, what = outputs.stac, "the STAC item"
+        _write_stac(plan, staged)
+        current, what = outputs.mask, "renaming the outputs into place"
+        _commit(plan, staged)
+    except Exception as exc:
+        cause = exc if is_storage_error(exc) else probe_storage(stage)
+        if cause is not None:
+            raise storage_error(cause, current, _space_needed(plan), what) from exc
+        if isinstance(exc, SpexInputError) and str(stage) in str(exc):
+            # name the file the user will look for, not its staging copy
+            text = str(exc).replace(str(stage), str(outputs.mask.parent))
+            raise type(exc)(text) from exc
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return outputs.summary()
+
+
+def _write_stac(plan: ExtractionPlan, staged: Callable[[Path], Path]) -> None:
+    """The STAC item over the staged files (names, sizes and checksums are final)."""
+    outputs = plan.outputs
+    keys = {
+        "mask": outputs.mask,
+        "probability": outputs.probability,
+        "zarr": outputs.zarr,
+        "gpkg": outputs.gpkg,
+        "parquet": outputs.parquet,
         "quicklook": outputs.quicklook,
         "report": outputs.report,
         "report_md": outputs.report_md,
     }
+    assets = {key: staged(path) for key, path in keys.items() if path is not None}
     properties = {f"spex:{k}": v for k, v in _provenance(plan).items()}
     item = build_item(
         outputs.mask.stem,
-        outputs.mask,
+        staged(outputs.mask),
         acquired=_acquired(plan),
         assets=assets,
         properties=properties,
     )
     validate_item(item)
-    atomic_write_text(
-        outputs.stac, json.dumps(item.to_dict(include_self_link=False), indent=2, sort_keys=True)
-    )
+    text = json.dumps(item.to_dict(include_self_link=False), indent=2, sort_keys=True)
+    staged(outputs.stac).write_text(text, encoding="utf-8")
+
+
+def _commit(plan: ExtractionPlan, staged: Callable[[Path], Path]) -> None:
+    """Rename every staged file to its final name (the STAC item last), then record the
+    job as done. A crash in here leaves whole files of this job only, and no done record,
+    so the next run finalises again."""
+    for final in plan.outputs.files():
+        source = staged(final)
+        if source.is_dir():
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(source, final)
+        else:
+            with open(source, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(source, final)
+    fsync_dir(plan.outputs.mask.parent)
     atomic_write_text(
         plan.done_record,
-        json.dumps({"fingerprint": plan.fingerprint, "outputs": outputs.summary()}, indent=2),
+        json.dumps({"fingerprint": plan.fingerprint, "outputs": plan.outputs.summary()}, indent=2),
     )
-    return outputs.summary()
 
 
-def _write_zarr(outputs: OutputPaths, plan: ExtractionPlan) -> None:
-    """The mask (and probability) as a georeferenced Zarr store, streamed from the COGs."""
+def _write_polygons(
+    plan: ExtractionPlan,
+    store: TileStore,
+    staged: Callable[[Path], Path],
+    final: Path,
+    descriptions: list[dict[str, Any]],
+) -> None:
+    """One polygon per extracted region, as GeoPackage or GeoParquet (``final``'s suffix)."""
+    from pipeline.outputs.vector import PolygonSettings, write_polygons
+
+    outputs = plan.outputs
+    prob_cog = staged(outputs.probability) if outputs.probability else None
+    write_polygons(
+        staged(outputs.mask),
+        staged(final),
+        probability=prob_cog if prob_cog is not None else store.blend_window,
+        settings=PolygonSettings(
+            target=plan.settings.target,
+            simplify=plan.settings.simplify,
+            layer=outputs.mask.stem,
+        ),
+        grid=plan.grid,
+        descriptions=descriptions,
+    )
+
+
+def _write_zarr(zarr_path: Path, mask: Path, plan: ExtractionPlan) -> None:
+    """The mask (and probability) as a georeferenced Zarr store, streamed from the COGs
+    (``mask`` and its ``_prob`` sibling, staged)."""
     import rioxarray
 
-    assert outputs.zarr is not None
-    layers = {"mask": outputs.mask}
-    if outputs.probability:
-        layers["probability"] = outputs.probability
+    layers = {"mask": mask}
+    if plan.outputs.probability:
+        layers["probability"] = mask.with_name(plan.outputs.probability.name)
     dataset = xr.Dataset(
         {
             name: rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False).squeeze(
@@ -470,14 +801,7 @@ def _write_zarr(outputs: OutputPaths, plan: ExtractionPlan) -> None:
     for var in dataset.data_vars.values():
         var.attrs.pop("_FillValue", None)
         var.encoding.clear()
-    tmp = outputs.zarr.with_name(outputs.zarr.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        dataset.to_zarr(tmp, mode="w", consolidated=False)
-        shutil.rmtree(outputs.zarr, ignore_errors=True)
-        tmp.rename(outputs.zarr)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    dataset.to_zarr(zarr_path, mode="w", consolidated=False)
 
 
 def run_extraction(
@@ -487,17 +811,19 @@ def run_extraction(
     *,
     on_batch: Callable[[int], None] | None = None,
     on_plan: Callable[[ExtractionPlan, int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> dict[str, str | None]:
-    """Plan, run every pending batch in this process, and finalise (the CLI path)."""
-    plan = plan_extraction(source, settings, out_dir)
-    batches = plan.pending_batches()
-    if on_plan:
-        on_plan(plan, sum(len(b) for b in batches))
-    for batch in batches:
-        n = run_batch(plan, [t.index for t in batch])
-        if on_batch:
-            on_batch(n)
-    return finalise(plan)
+    """Plan, run every pending batch in this process, and finalise (the CLI path), holding
+    the job throughout (see :func:`extraction_job`)."""
+    with extraction_job(source, settings, out_dir, on_wait=on_wait) as plan:
+        batches = plan.pending_batches()
+        if on_plan:
+            on_plan(plan, sum(len(b) for b in batches))
+        for batch in batches:
+            n = run_batch(plan, [t.index for t in batch])
+            if on_batch:
+                on_batch(n)
+        return finalise(plan)
 
 
 def settings_dict(settings: ExtractionSettings) -> dict[str, Any]:

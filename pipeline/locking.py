@@ -29,7 +29,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -93,12 +93,15 @@ def output_lock(
     *,
     mode: Mode = "exclusive",
     timeout: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[Path]:
     """Hold the lock of output ``name`` in ``out_dir`` for the ``with`` body.
 
     Waits up to ``timeout`` seconds (default :func:`default_timeout`; 0 = try once) and
-    raises :class:`OutputLockedError` naming the holder when the output stays busy.
-    Yields the lock file's path. Released on exit, and by the kernel if the process dies.
+    raises :class:`OutputLockedError` naming the holder when the output stays busy;
+    ``on_wait`` is told once, with the holder's description, when the lock is busy (so a
+    command line can say why it pauses). Yields the lock file's path. Released on exit,
+    and by the kernel if the process dies.
     """
     path = lock_path(out_dir, name)
     try:
@@ -110,6 +113,7 @@ def output_lock(
     op = fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH
     deadline = time.monotonic() + limit
     held = False
+    told = False
     try:
         while True:
             try:
@@ -124,6 +128,9 @@ def output_lock(
                         f"(lock {path}); gave up after {limit:g} s. Wait for that run to "
                         "finish, or raise SPEX_LOCK_TIMEOUT."
                     ) from None
+                if on_wait is not None and not told and limit > 0:
+                    on_wait(_holder(fd))
+                    told = True
                 time.sleep(POLL_S)
         held = True
         if mode == "exclusive":

@@ -9,6 +9,7 @@ change. Files are safe-loaded and checked eagerly: a malformed catalog fails wit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -106,6 +107,9 @@ class Sensor:
     # band count (e.g. Landsat 7 stacks of bands 1-5 without band 7). Declared data, so a
     # 5-band file is never matched to 6 catalog bands by guesswork.
     file_layouts: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    # How the product names itself (a regex found in its band file names, folders or
+    # metadata tags, e.g. the Sentinel-2 tile id and sensing time): the output name.
+    product_name: str | None = None
 
     def layout_for(self, count: int) -> tuple[SensorBand, ...] | None:
         """The catalog bands of a declared ``count``-band file layout, or None."""
@@ -248,6 +252,12 @@ def load_sensor_file(path: str | Path) -> Sensor:
             ),
         )
     layouts = _parse_layouts(raw.get("file_layouts"), bands, where)
+    product_name = raw.get("product_name")
+    if product_name is not None:
+        try:
+            re.compile(str(product_name))
+        except re.error as exc:
+            raise CatalogError(f"{where}: key 'product_name' is not a valid regex: {exc}") from exc
     return Sensor(
         name=name,
         title=str(raw["title"]),
@@ -264,6 +274,7 @@ def load_sensor_file(path: str | Path) -> Sensor:
         notes=" ".join(str(raw.get("notes", "")).split()),
         path=where,
         file_layouts=layouts,
+        product_name=str(product_name) if product_name is not None else None,
     )
 
 

@@ -61,7 +61,7 @@ from rasterio.windows import Window
 from pipeline.errors import OutputError
 from pipeline.outputs.atomic import atomic_path, atomic_write_text, ensure_writable_dir
 from pipeline.outputs.atomic import fsync_dir as _fsync_dir
-from pipeline.outputs.cog import GDAL_ENV, MASK_NODATA, to_cog
+from pipeline.outputs.cog import GDAL_ENV, MASK_NODATA, BandStyle, to_cog
 from pipeline.tiling import Tile, TileGrid
 
 STORE_FORMAT = 1
@@ -121,12 +121,22 @@ def _transform_list(transform: Affine | Sequence[float]) -> list[float]:
 
 
 def _fsync_tree(folder: Path) -> None:
-    """fsync every file under ``folder`` (the chunk files of one tile)."""
+    """fsync every file under ``folder`` (the chunk files of one tile).
+
+    Another writer of the same tile (a retried task whose first try still runs) may
+    rename its ``*.partial`` chunk into place while we walk: a file that vanished between
+    listing and opening is not ours to sync, so it is skipped rather than fatal.
+    """
     if not folder.exists():
         return
     for root, _, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            if name.endswith(".partial"):
+                continue
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
             try:
                 os.fsync(fd)
             finally:
@@ -406,13 +416,15 @@ class TileStore:
         blocksize: int = 512,
         overview_count: int | None = None,
         verify: bool = True,
+        styles: dict[str, BandStyle] | None = None,
     ) -> tuple[Path, Path | None]:
         """Blend all tiles into a COG mask (uint8: 1 where probability >= ``threshold``,
         0 elsewhere, 255 nodata) and optionally a float32 probability COG (NaN nodata).
 
         Streams window by window into tiled GeoTIFFs inside the store, then converts them
         to COGs that appear atomically at their final paths. ``tags`` become GeoTIFF
-        metadata tags. Raises :class:`IncompleteStoreError` while tiles are missing and
+        metadata tags; ``styles`` ('mask', 'probability') describe the bands for desktop
+        GIS. Raises :class:`IncompleteStoreError` while tiles are missing and
         :class:`OutputError` (before writing anything) if an output folder is not writable.
         """
         if window < 1 or window % 16:
@@ -444,9 +456,24 @@ class TileStore:
                     "blocksize": blocksize,
                     "overview_count": overview_count,
                 }
-                to_cog(mask_tif, mask_tmp, kind="mask", nodata=MASK_NODATA, **cog_args)
+                styles = styles or {}
+                to_cog(
+                    mask_tif,
+                    mask_tmp,
+                    kind="mask",
+                    nodata=MASK_NODATA,
+                    style=styles.get("mask"),
+                    **cog_args,
+                )
                 if prob_tmp is not None:
-                    to_cog(prob_tif, prob_tmp, kind="probability", nodata=float("nan"), **cog_args)
+                    to_cog(
+                        prob_tif,
+                        prob_tmp,
+                        kind="probability",
+                        nodata=float("nan"),
+                        style=styles.get("probability"),
+                        **cog_args,
+                    )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return mask_path, prob_out

@@ -175,3 +175,44 @@ def test_unwritable_folder_is_a_clear_output_error(tmp_path) -> None:
     with pytest.raises(OutputError, match="not writable"):
         atomic_write_text(blocker / "sub" / "a.txt", "hello")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ------------------------------------------------------------------ styling for QGIS
+
+
+def test_job_rasters_open_as_styled_layers(tmp_path) -> None:
+    """The extraction's mask COG is paletted with class names and mode overviews; the
+    probability COG is float32 0..1 with NaN nodata; both are valid COGs."""
+    from pipeline.extract import ExtractionSettings, run_extraction
+    from pipeline.outputs.quicklook import OVERLAY_COLOURS
+
+    berlin = Path(__file__).resolve().parents[1] / "samples" / "s2_l1c_berlin_20170216.tif"
+    settings = ExtractionSettings(target="water", tile=256, overlap=32, formats=("prob",))
+    paths = run_extraction(str(berlin), settings, tmp_path)
+    for key in ("mask", "probability"):
+        assert_valid_cog(paths[key])
+    with rasterio.open(paths["mask"]) as mask:
+        assert mask.colorinterp[0] == rasterio.enums.ColorInterp.palette
+        colours = mask.colormap(1)
+        assert colours[1] == (*OVERLAY_COLOURS["water"][:3], 255) and colours[0] != colours[1]
+        assert mask.nodata == 255
+        assert mask.tags(1) == {"CLASS_0": "other", "CLASS_1": "water", "CLASS_255": "nodata"}
+        assert mask.descriptions[0].startswith("water mask")
+    sidecar = Path(paths["mask"] + ".aux.xml").read_text()  # category names, for QGIS
+    assert "<Category>other</Category>" in sidecar and "<Category>water</Category>" in sidecar
+    with rasterio.open(paths["mask"]) as mask:
+        full = mask.read(1)
+        level = mask.overviews(1)[0]
+        overview = mask.read(1, out_shape=(mask.height // level, mask.width // level))
+    # Mode overviews: every overview pixel is the majority class of its block.
+    blocks = full[: overview.shape[0] * level, : overview.shape[1] * level].reshape(
+        overview.shape[0], level, overview.shape[1], level
+    )
+    share = (blocks == 1).mean(axis=(1, 3))
+    assert set(np.unique(overview)) <= {0, 1, 255}
+    assert (overview[share > 0.5] == 1).all() and (overview[share < 0.5] == 0).all()
+    with rasterio.open(paths["probability"]) as prob:
+        assert prob.dtypes[0] == "float32" and np.isnan(prob.nodata)
+        assert prob.descriptions[0].startswith("water probability")
+        values = prob.read(1)
+        assert np.nanmin(values) >= 0 and np.nanmax(values) <= 1

@@ -50,13 +50,22 @@ def _bytes(paths: dict[str, str | None]) -> dict[str, bytes]:
 def berlin_water(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
     out = tmp_path_factory.mktemp("berlin")
     settings = ExtractionSettings(
-        target="water", tile=256, overlap=32, formats=("cog", "prob", "zarr")
+        target="water", tile=256, overlap=32, formats=("cog", "prob", "zarr", "gpkg", "parquet")
     )
     return run_extraction(str(BERLIN), settings, out)
 
 
 def test_outputs_are_valid_and_georeferenced(berlin_water: dict[str, str | None]) -> None:
-    assert set(berlin_water) == {"mask", "probability", "zarr", "stac", "quicklook", "report"}
+    assert set(berlin_water) == {
+        "mask",
+        "probability",
+        "zarr",
+        "gpkg",
+        "parquet",
+        "stac",
+        "quicklook",
+        "report",
+    }
     for key in ("mask", "probability"):
         valid, errors, _ = validate_cog(berlin_water[key])
         assert valid, errors
@@ -74,7 +83,9 @@ def test_outputs_are_valid_and_georeferenced(berlin_water: dict[str, str | None]
     assert item["properties"]["spex:extractor"]["extractor"] == "index-otsu"
     assert item["properties"]["proj:code"] == "EPSG:32633"
     assert item["properties"]["datetime"].startswith("2017-02-16")
-    assert {"mask", "probability", "zarr", "quicklook", "report"} <= set(item["assets"])
+    assert {"mask", "probability", "zarr", "gpkg", "parquet", "quicklook", "report"} <= set(
+        item["assets"]
+    )
     assert item["assets"]["mask"]["href"] == f"./{Path(berlin_water['mask']).name}"
     with Image.open(berlin_water["quicklook"]) as png:
         assert png.width >= 768 and png.height > 768
@@ -217,7 +228,7 @@ def test_cli_extract_prints_paths_and_matches_library(
             "--overlap",
             "32",
             "--format",
-            "cog,prob,zarr",
+            "cog,prob,zarr,gpkg,parquet",
             "--model",
             "index",
         ],

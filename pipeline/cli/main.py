@@ -182,8 +182,21 @@ def extract(
     overlap: Annotated[int, typer.Option("--overlap", help="Tile overlap in pixels.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per batch.")] = 4,
     formats: Annotated[
-        str, typer.Option("--format", help="Comma-separated: cog (always), prob, zarr.")
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated: cog (always), prob, zarr, gpkg (polygons), parquet "
+            "(GeoParquet polygons).",
+        ),
     ] = "cog",
+    simplify: Annotated[
+        float,
+        typer.Option(
+            "--simplify",
+            help="Polygon simplification tolerance in map units (e.g. metres; 0 keeps exact "
+            "pixel edges; one pixel size smooths the staircase).",
+        ),
+    ] = 0.0,
     force: Annotated[
         bool, typer.Option("--force/--resume", help="Recompute everything / resume (default).")
     ] = False,
@@ -193,8 +206,9 @@ def extract(
 ) -> None:
     """Extract TARGET from whole scenes into COG, STAC, quicklook and report files.
 
-    Prints one JSON line of output paths per scene (keys mask, probability, zarr, stac,
-    quicklook, report)."""
+    Prints one JSON line of output paths per scene (keys mask, probability, zarr, gpkg,
+    parquet, stac, quicklook, report). An identical job already running in the same
+    folder is waited for (SPEX_LOCK_TIMEOUT seconds, default 600)."""
     from tqdm import tqdm
 
     from pipeline.extract import ExtractionSettings, run_extraction
@@ -210,7 +224,12 @@ def extract(
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
         device=device,
         force=force,
+        simplify=simplify,
     )
+
+    def on_wait(holder: str) -> None:
+        typer.echo(f"waiting: the same job is being run by {holder}", err=True)
+
     for scene in scenes:
         with tqdm(desc=scene.name, unit="tile", file=sys.stderr, disable=None) as bar:
 
@@ -218,7 +237,9 @@ def extract(
                 bar.total = len(plan.grid)
                 bar.update(len(plan.grid) - pending)
 
-            paths = run_extraction(str(scene), settings, out, on_plan=on_plan, on_batch=bar.update)
+            paths = run_extraction(
+                str(scene), settings, out, on_plan=on_plan, on_batch=bar.update, on_wait=on_wait
+            )
         typer.echo(json.dumps(paths))
 
 

@@ -12,9 +12,17 @@ Why these choices:
 * Deterministic bytes: no TIFF DateTime tag is ever set, keys are written sorted,
   ``NUM_THREADS`` defaults to 1, statistics are not computed and PAM sidecars
   (``.aux.xml``) are disabled; so the same input gives the same bytes.
-* Overviews: ``nearest`` for the class mask (keeps exactly the values 0/1/255; ``mode``
-  is available), ``average`` for probabilities. With ``overview_count=None`` GDAL adds
-  levels until the smallest one fits in one block.
+* Overviews: ``mode`` for the class mask (keeps exactly the values 0/1/255, and a
+  zoomed-out view shows the majority class rather than whichever pixel nearest
+  resampling happened to hit), ``average`` for probabilities. With
+  ``overview_count=None`` GDAL adds levels until the smallest one fits in one block.
+* Styling for QGIS and other desktop GIS (:class:`BandStyle`): the mask carries a colour
+  table (target colour, grey "other"; TIFF colour maps hold no alpha, nodata is
+  transparent as declared nodata) so it opens as a paletted layer, a band description,
+  and its class names as band metadata (``CLASS_<value>``). GeoTIFF has no in-file place
+  for category names, so :func:`write_class_names` also writes them to the ``.aux.xml``
+  sidecar, from which GDAL and QGIS label the classes. The probability COG stays
+  float32 in 0..1 with NaN declared as nodata, described as such.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from xml.etree import ElementTree as ET
@@ -42,7 +51,21 @@ from pipeline.outputs.atomic import atomic_path
 Kind = Literal["mask", "probability"]
 
 MASK_NODATA = 255
-DEFAULT_RESAMPLING: dict[str, str] = {"mask": "nearest", "probability": "average"}
+DEFAULT_RESAMPLING: dict[str, str] = {"mask": "mode", "probability": "average"}
+
+
+@dataclass(frozen=True)
+class BandStyle:
+    """How a desktop GIS should show band 1: description, classes and their colours.
+
+    ``classes`` maps pixel values to names; ``colours`` maps pixel values to RGBA (a
+    colour table is written when given; values not listed are transparent black).
+    """
+
+    description: str = ""
+    classes: Mapping[int, str] = field(default_factory=dict)
+    colours: Mapping[int, tuple[int, int, int, int]] = field(default_factory=dict)
+
 
 # Options that keep GDAL from adding anything run-dependent next to or inside outputs.
 GDAL_ENV: dict[str, str] = {"GDAL_PAM_ENABLED": "NO", "CHECK_DISK_FREE_SPACE": "FALSE"}
@@ -52,8 +75,34 @@ def _nodata_text(value: float) -> str:
     return "nan" if isinstance(value, float) and math.isnan(value) else repr(value)
 
 
-def _tagged_vrt(src: rasterio.DatasetReader, tags: Mapping[str, str], nodata: float | None) -> str:
-    """VRT XML that passes every band of ``src`` through and adds dataset tags."""
+def _style_band(band: ET.Element, style: BandStyle) -> None:
+    """Description, class names (band metadata and category names) and colour table."""
+    if style.description:
+        ET.SubElement(band, "Description").text = style.description
+    if style.classes:
+        md = ET.SubElement(band, "Metadata")
+        for value in sorted(style.classes):
+            ET.SubElement(md, "MDI", key=f"CLASS_{value}").text = style.classes[value]
+    if style.colours:
+        ET.SubElement(band, "ColorInterp").text = "Palette"
+        table = ET.SubElement(band, "ColorTable")
+        for value in range(max(style.colours) + 1):
+            r, g, b, a = style.colours.get(value, (0, 0, 0, 0))
+            ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
+    if style.classes:
+        names = ET.SubElement(band, "CategoryNames")
+        for value in range(max(style.classes) + 1):
+            ET.SubElement(names, "Category").text = style.classes.get(value, "")
+
+
+def _tagged_vrt(
+    src: rasterio.DatasetReader,
+    tags: Mapping[str, str],
+    nodata: float | None,
+    style: BandStyle | None = None,
+) -> str:
+    """VRT XML that passes every band of ``src`` through and adds dataset tags (and the
+    style of band 1)."""
     root = ET.Element("VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height))
     if src.crs is not None:
         ET.SubElement(root, "SRS").text = src.crs.to_wkt()
@@ -71,6 +120,8 @@ def _tagged_vrt(src: rasterio.DatasetReader, tags: Mapping[str, str], nodata: fl
         nd = nodata if nodata is not None else src.nodatavals[b - 1]
         if nd is not None:
             ET.SubElement(band, "NoDataValue").text = _nodata_text(nd)
+        if style is not None and b == 1:
+            _style_band(band, style)
         source = ET.SubElement(band, "SimpleSource")
         ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(
             Path(src.name).resolve()
@@ -91,12 +142,14 @@ def to_cog(
     overview_count: int | None = None,
     level: int = 6,
     num_threads: int = 1,
+    style: BandStyle | None = None,
 ) -> Path:
     """Convert the GeoTIFF ``src_path`` into a COG at ``dst_path`` (streaming).
 
-    ``kind`` picks defaults: the mask gets nearest overviews, the probability average
+    ``kind`` picks defaults: the mask gets mode overviews, the probability average
     overviews and the floating-point predictor. ``tags`` (str -> str) become GeoTIFF
-    metadata tags. ``nodata`` overrides the source's nodata value. Writes ``dst_path``
+    metadata tags. ``nodata`` overrides the source's nodata value. ``style`` describes
+    band 1 for desktop GIS (see :class:`BandStyle`). Writes ``dst_path``
     directly; wrap the call in :func:`pipeline.outputs.atomic.atomic_path` for a final
     file.
     """
@@ -120,7 +173,7 @@ def to_cog(
     dst = Path(dst_path)
     try:
         with rasterio.Env(**GDAL_ENV), rasterio.open(src_path) as src:
-            vrt = _tagged_vrt(src, dict(tags or {}), nodata)
+            vrt = _tagged_vrt(src, dict(tags or {}), nodata, style)
             with rasterio.open(vrt) as wrapped:
                 rasterio.shutil.copy(wrapped, dst, driver="COG", **options)
     except RasterioIOError as exc:
@@ -172,6 +225,30 @@ def write_array_cog(
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def pam_sidecar(path: str | os.PathLike[str]) -> Path:
+    """GDAL's sidecar of ``path`` (``<name>.aux.xml``), where desktop GIS find class names."""
+    path = Path(path)
+    return path.with_name(path.name + ".aux.xml")
+
+
+def write_class_names(path: str | os.PathLike[str], style: BandStyle) -> Path:
+    """Write the class names of band 1 as GDAL category names into ``path``'s sidecar.
+
+    GeoTIFF has no in-file place for category names; GDAL (and so QGIS, which labels a
+    paletted layer's classes with them) reads them from ``<name>.aux.xml``. The COG
+    keeps them too, as ``CLASS_<value>`` band metadata, for readers that skip sidecars.
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    names = ET.SubElement(band, "CategoryNames")
+    for value in range(max(style.classes) + 1):
+        ET.SubElement(names, "Category").text = style.classes.get(value, "")
+    ET.indent(root)
+    sidecar = pam_sidecar(path)
+    sidecar.write_text(ET.tostring(root, encoding="unicode") + "\n", encoding="utf-8")
+    return sidecar
 
 
 def validate_cog(path: str | os.PathLike[str]) -> tuple[bool, list[str], list[str]]:

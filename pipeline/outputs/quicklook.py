@@ -24,7 +24,9 @@ OVERLAY_COLOURS = {
     "vegetation": (50, 205, 50, 150),
     "building": (220, 20, 60, 150),
 }
+DEFAULT_OVERLAY = (255, 215, 0, 150)  # a target without a colour of its own
 NODATA_COLOUR = (40, 40, 40, 255)
+OTHER_COLOUR = (224, 224, 224, 255)  # "not the target" in the mask COG's colour table
 COMPOSITES = (("R", "G", "B"), ("N", "R", "G"), ("S1", "N", "R"))
 
 
@@ -59,7 +61,7 @@ def render_quicklook(scene: xr.DataArray, mask_path: Path, target: str, out_path
 
     base = Image.fromarray(rgb, "RGB").convert("RGBA")
     overlay = np.zeros((out_h, out_w, 4), dtype=np.uint8)
-    overlay[mask == 1] = OVERLAY_COLOURS.get(target, (255, 215, 0, 150))
+    overlay[mask == 1] = OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY)
     overlay[mask == 255] = NODATA_COLOUR
     image = Image.alpha_composite(base, Image.fromarray(overlay, "RGBA"))
 
@@ -69,7 +71,7 @@ def render_quicklook(scene: xr.DataArray, mask_path: Path, target: str, out_path
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     y0 = out_h + 6
-    entries = [(OVERLAY_COLOURS.get(target, (255, 215, 0, 150)), target), (NODATA_COLOUR, "nodata")]
+    entries = [(OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY), target), (NODATA_COLOUR, "nodata")]
     x = 6
     for colour, name in entries:
         draw.rectangle([x, y0, x + 14, y0 + 14], fill=(*colour[:3], 255), outline=(0, 0, 0))

@@ -156,7 +156,7 @@ def _decimation(height: int, width: int, max_pixels: int) -> int:
     return factor
 
 
-def _row_areas(
+def row_cell_areas(
     crs: CRS, label: str, transform: Affine, height: int, width: int
 ) -> tuple[np.ndarray, str]:
     """Area in m2 of one cell in each grid row, and a sentence saying how it was measured.
@@ -354,7 +354,7 @@ def build_report(
     map_decimals = _GEOGRAPHIC_DECIMALS if crs.is_geographic else _PROJECTED_DECIMALS
 
     crs_label = _crs_label(crs)
-    row_area, method = _row_areas(crs, crs_label, transform, height, width)
+    row_area, method = row_cell_areas(crs, crs_label, transform, height, width)
     is_target = mask == 1
     valid = is_target | (mask == 0)
     target_area = float(np.count_nonzero(is_target, axis=1) @ row_area)

@@ -34,6 +34,8 @@ MEDIA_TYPES = {
     ".json": pystac.MediaType.JSON,
     ".md": "text/markdown",
     ".zarr": "application/vnd+zarr",
+    ".gpkg": "application/geopackage+sqlite3",
+    ".parquet": "application/vnd.apache.parquet",
 }
 
 

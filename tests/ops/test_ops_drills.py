@@ -84,10 +84,12 @@ def _lost(out: Path, clean: dict[str, bytes]) -> int:
 
 
 def _assert_no_partial_files(out: Path, *, failed: bool = True) -> None:
-    """No temp file anywhere; every final file present is whole (valid COG / JSON); a
-    failed job has no done record (so the next run completes it)."""
+    """No temp file anywhere; a failed job leaves no final-named file at all and no done
+    record (so the next run completes it); every final file present is whole."""
     leftovers = [p for p in out.rglob(f"*{TEMP_MARK}*")]
     assert not leftovers, leftovers
+    if failed:
+        assert not [name for name in FINAL if (out / name).exists()]
     for name in FINAL:
         path = out / name
         if not path.exists():
@@ -218,6 +220,7 @@ def test_drill_full_output_disk_tmpfs(
             failed = _run(out)
             assert failed.returncode != 0
             assert "No space left on device" in failed.stderr, failed.stderr[-2000:]
+            assert " free in " in failed.stderr and "needs up to" in failed.stderr
             _assert_no_partial_files(out)
             faults += 1
         _remount(disk, 64 << 20)  # the operator frees space
@@ -327,3 +330,173 @@ def test_drill_checkpoint_that_is_not_what_it_claims(
         files_lost=lost,
     )
     assert lost == 0
+
+
+# ------------------------------------------------------- output-side drills (issue 14)
+
+FORMATS = "cog,prob,gpkg"
+FINAL_ALL = [*FINAL, f"{STEM}_prob.tif", f"{STEM}.gpkg"]
+
+
+def _cmd_all(out: Path, target: str = "water") -> list[str]:
+    cmd = _cmd(out)
+    cmd[2] = target
+    return [*cmd, "--format", FORMATS]
+
+
+@pytest.fixture(scope="module")
+def clean_all(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Final outputs (with probability and polygons) of an undisturbed run."""
+    out = tmp_path_factory.mktemp("clean-all")
+    done = subprocess.run(_cmd_all(out), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return {name: (out / name).read_bytes() for name in FINAL_ALL}
+
+
+def _finals(out: Path) -> list[str]:
+    return sorted(name for name in FINAL_ALL if (out / name).exists())
+
+
+def test_drill_identical_runs_at_once(
+    tmp_path: Path, clean_all: dict[str, bytes], drill_log: Callable[..., None]
+) -> None:
+    """The issue's loop: three identical runs into one folder at once. Each exits 0 (it
+    waited for the holder and found the job done) or 2 (one clear line), never 1."""
+    rounds, lost = 2, 0
+    for r in range(rounds):
+        out = tmp_path / f"round{r}"
+        runs = [
+            subprocess.Popen(
+                _cmd_all(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(3)
+        ]
+        results = [(p.wait(timeout=600), p.communicate()[1]) for p in runs]
+        for rc, err in results:
+            assert rc in (0, 2), err[-3000:]
+            assert "Traceback" not in err
+            if rc == 2:
+                assert err.strip().splitlines()[-1].startswith("error: ")
+        assert any(rc == 0 for rc, _ in results)
+        assert sum("waiting: the same job" in err for _, err in results) >= 1
+        lost += sum(
+            (out / n).read_bytes() != data for n, data in clean_all.items() if (out / n).exists()
+        ) + len(set(FINAL_ALL) - set(_finals(out)))
+    drill_log("6 three identical runs at once", runs=3 * rounds, faults=rounds, files_lost=lost)
+    assert lost == 0
+
+
+def test_drill_different_jobs_into_one_folder_at_once(
+    tmp_path: Path, clean_all: dict[str, bytes], drill_log: Callable[..., None]
+) -> None:
+    out = tmp_path / "out"
+    targets = ("water", "vegetation")
+    runs = [
+        subprocess.Popen(
+            _cmd_all(out, t), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for t in targets
+    ]
+    results = [(p.wait(timeout=600), p.communicate()[1]) for p in runs]
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert not any("waiting: the same job" in err for _, err in results)  # no one waited
+    lost = sum((out / n).read_bytes() != data for n, data in clean_all.items())
+    for target in targets:
+        assert validate_cog(out / f"s2_l1c_berlin_20170216_{target}.tif")[0]
+    drill_log("7 two different jobs into one folder", runs=2, faults=0, files_lost=lost)
+    assert lost == 0
+
+
+def test_drill_sigkill_inside_finalise_leaves_nothing_behind(
+    tmp_path: Path, clean_all: dict[str, bytes], drill_log: Callable[..., None]
+) -> None:
+    """SIGKILL while finalise writes; plus the leftovers of the old finalise (hidden temp
+    files next to the outputs, a finalise-* folder in the store). The next run removes
+    them all and writes outputs byte-identical to a clean run."""
+    out = tmp_path / "out"
+    staging = out / ".spex-work" / f"{STEM}.staging"
+    proc = subprocess.Popen(
+        _cmd_all(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not any(staging.glob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert staging.is_dir(), "the kill must land inside finalise"
+    assert _finals(out) == []  # nothing under a final name
+    planted = [
+        out / f".{STEM}{TEMP_MARK}4242-0123456789ab.tif",
+        out / f".{STEM}{TEMP_MARK}4242-0123456789ab.png",
+        out / f".{STEM}_prob{TEMP_MARK}4242-0123456789ab.tif",
+    ]
+    for p in planted:
+        p.write_bytes(b"half-written")
+    (out / ".spex-work" / f"{STEM}.zarr" / "finalise-abc123").mkdir()
+    (out / ".spex-work" / f"{STEM}.zarr" / "finalise-abc123" / "mask.tif").write_bytes(b"x")
+
+    rerun = subprocess.run(_cmd_all(out), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    leftovers = [p for p in out.rglob("*") if TEMP_MARK in p.name or p.name.startswith("finalise-")]
+    assert leftovers == [] and not staging.exists()
+    lost = sum((out / n).read_bytes() != data for n, data in clean_all.items())
+    drill_log("8 SIGKILL inside finalise + leftovers", runs=2, faults=2, files_lost=lost)
+    assert lost == 0
+
+
+def test_drill_late_failure_leaves_no_final_file(
+    tmp_path: Path, clean_all: dict[str, bytes], drill_log: Callable[..., None]
+) -> None:
+    """A file-size limit that the tile store fits under but the outputs do not: the job
+    fails in finalise, names the file and the space, and leaves no final-named file."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    out = tmp_path / "out"
+    failed = subprocess.run(
+        _cmd_all(out), capture_output=True, text=True, timeout=300, preexec_fn=limit
+    )
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot write ") and "File too large" in line
+    assert f"{out}/{STEM}" in line and " free in " in line and "needs up to" in line
+    assert _finals(out) == []
+    assert len(list((out / ".spex-work" / f"{STEM}.zarr" / "finished").glob("0*.json"))) == N_TILES
+    ok = subprocess.run(_cmd_all(out), capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    lost = sum((out / n).read_bytes() != data for n, data in clean_all.items())
+    drill_log("9 failure in finalise (file size limit)", runs=2, faults=1, files_lost=lost)
+    assert lost == 0
+
+
+def test_drill_scene_refused_late_leaves_no_final_file(
+    tmp_path: Path, drill_log: Callable[..., None]
+) -> None:
+    """The Berlin sample with its CRS but without a geotransform. Whether the job refuses
+    it at plan time or only when the report needs map coordinates, it exits 2 with one
+    clear line and no final-named file (before, the mask COG and quicklook appeared)."""
+    import rasterio
+
+    scene = tmp_path / "no_transform_20170216.tif"
+    with rasterio.open(BERLIN) as src:
+        profile = {**src.profile, "transform": rasterio.Affine.identity()}
+        data, tags, crs, names = src.read(), src.tags(), src.crs, src.descriptions
+    with rasterio.open(scene, "w", **{**profile, "crs": crs}) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+        for band, name in enumerate(names, start=1):
+            dst.set_band_description(band, name)
+    out = tmp_path / "out"
+    cmd = _cmd(out)
+    cmd[3] = str(scene)
+    failed = subprocess.run(
+        [*cmd, "--format", FORMATS], capture_output=True, text=True, timeout=300
+    )
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in failed.stderr and "geotransform" in failed.stderr
+    finals = [p.name for p in out.glob("no_transform_20170216_water*")] if out.exists() else []
+    assert finals == []
+    assert not [p for p in out.rglob("*") if TEMP_MARK in p.name] if out.exists() else True
+    drill_log("10 scene without geotransform", runs=1, faults=1, files_lost=0)
