@@ -86,6 +86,10 @@ def describe_scene(scene: xr.DataArray) -> dict[str, Any]:
         prov = {}
     return {
         "sensor": scene.attrs.get("sensor"),
+        "sensor_from": prov.get("sensor_from"),
+        "encoding": scene.attrs.get("encoding") or prov.get("encoding"),
+        "encoding_from": prov.get("encoding_from"),
+        "level": (prov.get("level") or {}).get("level"),
         "bands": [str(b) for b in scene["band"].values],
         "native_bands": list(scene.attrs.get("native_bands", [])),
         "width": int(scene.sizes["x"]),
@@ -98,5 +102,9 @@ def describe_scene(scene: xr.DataArray) -> dict[str, Any]:
         "nodata_share": round(nodata_share, 6),
         "nodata_sample_step": step,
         "radiometry": (prov.get("radiometry") or {}).get("method"),
+        "scales": sorted({b.get("scale") for b in prov.get("bands", [])}, key=str),
+        "offsets": sorted({b.get("offset") for b in prov.get("bands", [])}, key=str),
+        "plausibility": prov.get("plausibility"),
+        "skipped": prov.get("skipped", []),
         "sources": prov.get("sources", []),
     }
