@@ -242,6 +242,21 @@ def load_encoding_file(path: str | Path) -> Encoding:
     )
 
 
+def select_encoding(sensor: str, dtype: str, level: str | None = None) -> Encoding:
+    """The encoding catalog data select for a ``dtype`` product of ``sensor`` at ``level``
+    (the one ``default_for`` entry that matches); CatalogError naming the candidates and
+    --encoding otherwise."""
+    fitting = [e for e in all_encodings() if e.applies_to(sensor, dtype, level)]
+    defaults = [e for e in fitting if e.is_default(sensor, dtype, level)]
+    if len(defaults) == 1:
+        return defaults[0]
+    names = ", ".join(e.name for e in (defaults or fitting)) or "none"
+    raise CatalogError(
+        f"no single encoding fits a {dtype} {sensor} product (level {level or 'not stated'}); "
+        f"candidates: {names}; pass --encoding"
+    )
+
+
 def list_encodings() -> list[str]:
     """Names of all encoding catalogs, sorted."""
     return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))

@@ -386,9 +386,7 @@ def load_sensor(name: str) -> Sensor:
         from pipeline.encodings import list_encodings
 
         hint = (
-            f" ({name} is an encoding: pass it with --encoding)"
-            if name in list_encodings()
-            else ""
+            f" ({name} is an encoding: pass it with --encoding)" if name in list_encodings() else ""
         )
         raise CatalogError(
             f"unknown sensor {name!r}{hint}; known sensors (--sensor): {', '.join(list_sensors())}"

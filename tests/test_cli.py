@@ -26,20 +26,24 @@ def spex(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run
 
 
-@pytest.mark.parametrize("command", ["sensors", "info", "apg", "extract"])
+@pytest.mark.parametrize("command", ["sensors", "encodings", "info", "apg", "extract"])
 def test_every_command_has_help(command: str) -> None:
     assert "Usage" in spex(command, "--help").stdout
 
 
 def test_sensors_lists_every_catalog() -> None:
     out = spex("sensors").stdout
-    for name in ("sentinel2-l1c", "sentinel2-l2a", "landsat89-oli-c2l2", "gaofen2-pms", "naip"):
+    for name in ("sentinel2-msi", "landsat-tm", "landsat-oli", "gaofen2-pms", "naip"):
         assert name in out
+    encodings = spex("encodings").stdout
+    for name in ("sentinel2-dn", "landsat-c2-l2", "reflectance-x10000", "uncalibrated-dn"):
+        assert name in encodings
 
 
 def test_info_describes_the_sample() -> None:
     facts = json.loads(spex("info", str(BERLIN), "--json").stdout)
-    assert facts["sensor"] == "sentinel2-l1c"
+    assert facts["sensor"] == "sentinel2-msi" and facts["encoding"] == "sentinel2-dn"
+    assert facts["level"] == "L1C" and facts["plausibility"]["checked"]
     assert facts["bands"] == ["B", "G", "R", "N", "S1", "S2"]
     assert (facts["width"], facts["height"]) == (768, 768)
     assert facts["crs"] == "EPSG:32633"
@@ -50,7 +54,16 @@ def test_apg_mask_matches_an_independent_ndwi_otsu(shared_data: Path, tmp_path: 
     scene = shared_data / "l7-raleigh" / "landsat_multiband.tif"
     out = tmp_path / "m.tif"
     run = spex(
-        "apg", "water", str(scene), "--sensor", "landsat7-etm-dn", "--out", str(out), "--json"
+        "apg",
+        "water",
+        str(scene),
+        "--sensor",
+        "landsat-etm",
+        "--encoding",
+        "uncalibrated-dn",
+        "--out",
+        str(out),
+        "--json",
     )
     result = json.loads(run.stdout)
     assert result["instruction"].startswith(

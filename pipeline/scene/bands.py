@@ -98,7 +98,12 @@ def resolve_bands(
         if keep:
             chosen = [m for m in matched if m is not None]  # type: ignore[misc]
         else:
+            _refuse_other_sensors_names(raw, sensor)
             chosen, keep = _by_count(count, sensor, where)
+            raw.skipped.append(
+                f"band names {', '.join(map(str, raw.labels))} are not {sensor.name} names: "
+                "bands taken in the declared file order"
+            )
     else:
         chosen, keep = _by_count(count, sensor, where)
     codes = [b.code for b in chosen]
@@ -111,6 +116,19 @@ def resolve_bands(
         raise SceneError(f"{where} holds only thermal bands ({', '.join(codes)}); nothing to open")
     pairs = [(b, i) for b, i in zip(chosen, keep, strict=True) if b.reflective]
     return [b for b, _ in pairs], [i for _, i in pairs]
+
+
+def _refuse_other_sensors_names(raw: _Raw, sensor: Sensor) -> None:
+    """Band names that are another sensor's (B02..B12 given --sensor landsat-tm) mean the
+    wrong --sensor: never map them by count onto this sensor's bands."""
+    others = [s.name for s in _fit_by_labels(raw, all_sensors()) if s.name != sensor.name]
+    if others:
+        listed = ", ".join(str(lb) for lb in raw.labels[:14])
+        raise SceneError(
+            f"{raw.where}: its bands {listed} are named as bands of {', '.join(others)}, "
+            f"not of --sensor {sensor.name}; pass the right --sensor, or --bands to rename "
+            "them"
+        )
 
 
 def _by_count(count: int, sensor: Sensor, where: str) -> tuple[list[SensorBand], list[int]]:

@@ -121,9 +121,7 @@ def find_mtl(paths: list[str]) -> Path | None:
     whose product id starts the data's file name, or the one MTL of a band-file folder."""
     folders = {Path(p).parent for p in paths}
     for folder in sorted(folders):
-        mtls = sorted(
-            q for q in folder.iterdir() if q.is_file() and q.name.endswith(_MTL_SUFFIXES)
-        )
+        mtls = sorted(q for q in folder.iterdir() if q.is_file() and q.name.endswith(_MTL_SUFFIXES))
         for mtl in mtls:
             product = mtl.name.rsplit("_MTL", 1)[0]
             if any(Path(p).name.startswith(product) for p in paths):

@@ -32,8 +32,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from pipeline.encodings import Encoding, all_encodings, load_encoding
-from pipeline.errors import NoValidDataError, SceneError
+from pipeline.encodings import Encoding, all_encodings, load_encoding, select_encoding
+from pipeline.errors import CatalogError, NoValidDataError, SceneError
 from pipeline.scene.checks import DECIMATED_PIXELS
 from pipeline.scene.sources import _Raw
 from pipeline.sensors import Sensor, SensorBand
@@ -100,12 +100,14 @@ def choose_encoding(
                 f"--encoding {enc.name} serves level(s) {', '.join(enc.levels)}, not {level}"
             )
         return enc, "--encoding"
+    try:
+        enc = select_encoding(sensor.name, dtype, level)
+    except CatalogError:
+        pass
+    else:
+        return enc, f"default for {sensor.name} {dtype}" + (f" {level}" if level else "")
     fitting = [e for e in all_encodings() if e.applies_to(sensor.name, dtype, level)]
     defaults = [e for e in fitting if e.is_default(sensor.name, dtype, level)]
-    if len(defaults) == 1:
-        return defaults[0], f"default for {sensor.name} {dtype}" + (
-            f" {level}" if level else ""
-        )
     names = ", ".join(e.name for e in (defaults or fitting))
     hint = ""
     if level is None and sensor.levels:
@@ -302,8 +304,7 @@ def choose_radiometry(
     scales, offsets, info = percentile_fallback(masked, pct, raw.where, Path(encoding.path).name)
     if encoding.calibration == "mtl":
         info["why"] = (
-            "no MTL file with REFLECTANCE_MULT/ADD coefficients next to the data; "
-            + info["why"]
+            "no MTL file with REFLECTANCE_MULT/ADD coefficients next to the data; " + info["why"]
         )
     return Radiometry(scales, offsets, info, base, checked=False)
 
@@ -408,9 +409,7 @@ def _suggestion(dn_p99: float, sensor: str, dtype: str) -> str:
 # ------------------------------------------------------------------ nodata and sampling
 
 
-def nodata_values(
-    file_nd: float | None, encoding_nd: float | None, dtype: np.dtype
-) -> list[float]:
+def nodata_values(file_nd: float | None, encoding_nd: float | None, dtype: np.dtype) -> list[float]:
     """Nodata values representable in ``dtype`` (the file's own and the encoding's)."""
     out: list[float] = []
     for v in (file_nd, encoding_nd):
@@ -438,4 +437,3 @@ def _decimated(data: da.Array, max_pixels: int = DECIMATED_PIXELS) -> tuple[np.n
     _, h, w = data.shape
     step = max(1, math.ceil(math.sqrt(h * w / max_pixels)))
     return np.asarray(data[:, ::step, ::step].compute(scheduler="synchronous")), step
-
