@@ -359,6 +359,8 @@ def _read_stac_item(path: Path, chunks: int, resolution: float | None, resamplin
     with_bands = any(_asset_band(a) for a in item["assets"].values() if isinstance(a, dict))
     for key, asset in item["assets"].items():
         if not isinstance(asset, dict) or not _is_raster_asset(key, asset):
+            roles = ", ".join(asset.get("roles") or []) if isinstance(asset, dict) else ""
+            skipped.append(f"asset {key} (not a raster band{': ' + roles if roles else ''})")
             continue
         if with_bands and _asset_band(asset) is None:
             skipped.append(f"asset {key} (not a single spectral band)")
