@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--formats", "--format", dest="formats", default="cog")
     parser.add_argument("--force", action="store_true", help="recompute finished tiles")
+    parser.add_argument("--resume", dest="force", action="store_false", help="(the default)")
     parser.add_argument("--dask-address")
     parser.add_argument("--device")
     return parser

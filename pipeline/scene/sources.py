@@ -130,7 +130,9 @@ def _open_rasterio(path: Path) -> rasterio.DatasetReader:
             src.read(1, window=Window(0, 0, 1, 1))
     except (RasterioError, OSError) as exc:
         src.close()
-        raise SceneError(f"scene file {path} is corrupt or unreadable: {exc}") from exc
+        raise SceneError(
+            f"scene file {path} is corrupt or unreadable: {exc.__cause__ or exc}"
+        ) from exc
     problem = _georeference_problem(src)
     if problem:
         src.close()
