@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
 from pipeline.errors import CatalogError
 
 CALIBRATIONS = ("scale", "mtl", "percentile")
@@ -117,20 +117,6 @@ def _catalog_dir() -> Path:
     return Path(str(files("catalogs").joinpath("encodings")))
 
 
-def _require(raw: dict[str, Any], key: str, where: str) -> Any:
-    if raw.get(key) is None:
-        raise CatalogError(f"{where}: missing required key {key!r}")
-    return raw[key]
-
-
-def _number(value: Any, key: str, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CatalogError(f"{where}: key {key!r} must be a number, got {value!r}")
-    return float(value)
-
-
 def _sensor_list(value: Any, key: str, where: str) -> tuple[str, ...] | None:
     if value == "any":
         return None
@@ -170,8 +156,8 @@ def _default_rules(raw: Any, where: str) -> tuple[DefaultRule, ...]:
             raise CatalogError(f"{w}: keys are sensors, dtypes and levels")
         rules.append(
             DefaultRule(
-                sensors=_sensor_list(_require(rule, "sensors", w), "sensors", w),
-                dtypes=_dtypes(_require(rule, "dtypes", w), "dtypes", w),
+                sensors=_sensor_list(required(rule, "sensors", w), "sensors", w),
+                dtypes=_dtypes(required(rule, "dtypes", w), "dtypes", w),
                 levels=_levels(rule.get("levels"), "levels", w),
             )
         )
@@ -183,32 +169,27 @@ def load_encoding_file(path: str | Path) -> Encoding:
     path = Path(path)
     where = str(path)
     raw = read_catalog_yaml(path, "encoding")
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    for key in ("name", "title", "sensors", "dtypes", "calibration"):
-        _require(raw, key, where)
-    name = str(raw["name"])
-    if name != path.stem:
-        raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
+    name = check_entry(raw, path, _KEYS)
+    for key in ("title", "sensors", "dtypes", "calibration"):
+        required(raw, key, where)
     calibration = raw["calibration"]
     if calibration not in CALIBRATIONS:
         raise CatalogError(f"{where}: key 'calibration' must be one of {CALIBRATIONS}")
-    scale = _number(raw.get("scale"), "scale", where)
-    offset = _number(raw.get("offset"), "offset", where)
+    scale = number(raw.get("scale"), "scale", where)
+    offset = number(raw.get("offset"), "offset", where)
     if calibration == "scale":
-        scale = _number(_require(raw, "scale", where), "scale", where)
+        scale = number(required(raw, "scale", where), "scale", where)
         if not scale or scale <= 0:
             raise CatalogError(f"{where}: key 'scale' must be > 0")
         offset = offset or 0.0
     percentile = None
     if calibration in ("mtl", "percentile"):
-        fb = _require(raw, "fallback", where)
+        fb = required(raw, "fallback", where)
         if not isinstance(fb, dict) or fb.get("method") not in FALLBACK_METHODS:
             raise CatalogError(
                 f"{where}: key 'fallback' must name a method in {FALLBACK_METHODS}, got {fb!r}"
             )
-        percentile = _number(_require(fb, "percentile", f"{where} fallback"), "percentile", where)
+        percentile = number(required(fb, "percentile", f"{where} fallback"), "percentile", where)
         if not percentile or not 0 < percentile <= 100:
             raise CatalogError(f"{where}: fallback percentile must be in (0, 100]")
     baseline = None
@@ -218,8 +199,8 @@ def load_encoding_file(path: str | Path) -> Encoding:
         if not isinstance(bo, dict):
             raise CatalogError(f"{w}: must be a mapping")
         baseline = BaselineOffset(
-            from_baseline=str(_require(bo, "from_baseline", w)),
-            dn_offset=float(_number(_require(bo, "dn_offset", w), "dn_offset", w) or 0.0),
+            from_baseline=str(required(bo, "from_baseline", w)),
+            dn_offset=float(number(required(bo, "dn_offset", w), "dn_offset", w) or 0.0),
             since_sensing_date=(
                 str(bo["since_sensing_date"]) if bo.get("since_sensing_date") else None
             ),
@@ -233,7 +214,7 @@ def load_encoding_file(path: str | Path) -> Encoding:
         calibration=str(calibration),
         scale=scale,
         offset=offset,
-        nodata=_number(raw.get("nodata"), "nodata", where),
+        nodata=number(raw.get("nodata"), "nodata", where),
         baseline_offset=baseline,
         fallback_percentile=percentile,
         default_for=_default_rules(raw.get("default_for"), where),

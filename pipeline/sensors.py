@@ -25,7 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
 from pipeline.errors import CatalogError
 
 #: Canonical band codes (Awesome Spectral Indices convention) and what they are called in
@@ -222,20 +222,6 @@ def _catalog_dir() -> Path:
     return Path(str(files("catalogs").joinpath("sensors")))
 
 
-def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
-    if key not in mapping or mapping[key] is None:
-        raise CatalogError(f"{where}: missing required key {key!r}")
-    return mapping[key]
-
-
-def _number(value: Any, key: str, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CatalogError(f"{where}: key {key!r} must be a number, got {value!r}")
-    return float(value)
-
-
 def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -258,7 +244,7 @@ def _parse_band(raw: Any, where: str) -> SensorBand:
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: each entry of 'bands' must be a mapping, got {raw!r}")
     for key in _BAND_KEYS:
-        _require(raw, key, where)
+        required(raw, key, where)
     code = str(raw["code"])
     if code not in CANONICAL_BANDS:
         raise CatalogError(
@@ -275,10 +261,10 @@ def _parse_band(raw: Any, where: str) -> SensorBand:
     return SensorBand(
         code=code,
         native=str(raw["native"]),
-        wavelength_nm=float(_number(raw["wavelength_nm"], "wavelength_nm", where_band) or 0),
+        wavelength_nm=float(number(raw["wavelength_nm"], "wavelength_nm", where_band) or 0),
         aliases=_strings(raw.get("aliases"), "aliases", where_band),
         reflective=reflective,
-        resolution_m=_number(raw.get("resolution_m"), "resolution_m", where_band),
+        resolution_m=number(raw.get("resolution_m"), "resolution_m", where_band),
     )
 
 
@@ -310,16 +296,11 @@ def load_sensor_file(path: str | Path) -> Sensor:
     where = str(path)
     raw = read_catalog_yaml(path, "sensor")
     for key in _SENSOR_KEYS:
-        _require(raw, key, where)
-    unknown = set(raw) - _ALLOWED_KEYS
-    if unknown:
-        hint = ""
-        if unknown & {"scale", "offset", "nodata", "calibrated", "dtypes", "fallback"}:
-            hint = " (radiometry belongs to an encoding: catalogs/encodings/)"
-        raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{hint}")
-    name = str(raw["name"])
-    if name != path.stem:
-        raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
+        required(raw, key, where)
+    hint = ""
+    if set(raw) & {"scale", "offset", "nodata", "calibrated", "dtypes", "fallback"}:
+        hint = " (radiometry belongs to an encoding: catalogs/encodings/)"
+    name = check_entry(raw, path, _ALLOWED_KEYS, hint)
     bands_raw = raw["bands"]
     if not isinstance(bands_raw, list) or not bands_raw:
         raise CatalogError(f"{where}: key 'bands' must be a non-empty list")
@@ -337,7 +318,7 @@ def load_sensor_file(path: str | Path) -> Sensor:
     return Sensor(
         name=name,
         title=str(raw["title"]),
-        resolution_m=tuple(float(_number(r, "resolution_m", where) or 0) for r in res),
+        resolution_m=tuple(float(number(r, "resolution_m", where) or 0) for r in res),
         bands=bands,
         platform=str(raw.get("platform", "")),
         platforms=tuple(map(normalise_name, _strings(raw.get("platforms"), "platforms", where))),

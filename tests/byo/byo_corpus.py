@@ -179,6 +179,11 @@ def _band_asset(href: str, i: int, raster: dict[str, Any] | None) -> dict[str, A
     return asset
 
 
+def _s2_case(name: str, path: Path, flags: dict[str, Any], encoding: str, notes: str = "") -> Case:
+    """A Sentinel-2 convention of the Berlin pixels: must match them to float rounding."""
+    return Case(name, path, flags, "sentinel2-msi", encoding, "berlin", TOL_EXACT, "s2", notes)
+
+
 def build_s2(root: Path) -> list[Case]:
     data, profile = berlin()
     bounds = list(
@@ -191,15 +196,11 @@ def build_s2(root: Path) -> list[Case]:
     # 1. Google Earth Engine export (HARMONIZED collection: offset already removed), int16
     path = _write(root / "gee" / "s2_gee_export.tif", data.astype(np.int16), profile, S2_GEE)
     cases.append(
-        Case(
+        _s2_case(
             "S2 GEE export, B1..B12 names, int16 DN",
             path,
             {"encoding": "reflectance-x10000"},
-            "sentinel2-msi",
             "reflectance-x10000",
-            "berlin",
-            TOL_EXACT,
-            "s2",
             "no baseline metadata: the message offers --baseline or --encoding",
         )
     )
@@ -224,15 +225,11 @@ def build_s2(root: Path) -> list[Case]:
         bbox,
     )
     cases.append(
-        Case(
+        _s2_case(
             "STAC item, per-band COGs, asset keys B02..B12",
             path,
             {},
-            "sentinel2-msi",
             "sentinel2-dn",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
 
@@ -255,15 +252,11 @@ def build_s2(root: Path) -> list[Case]:
         bbox,
     )
     cases.append(
-        Case(
+        _s2_case(
             "STAC item, common-name keys, raster:bands scale/offset, 04.00",
             path,
             {},
-            "sentinel2-msi",
             "sentinel2-dn",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
 
@@ -276,30 +269,22 @@ def build_s2(root: Path) -> list[Case]:
         {"PRODUCT_TYPE": "S2MSI2A", "PROCESSING_BASELINE": "04.00"},
     )
     cases.append(
-        Case(
+        _s2_case(
             "S2 L2A baseline 04.00, PRODUCT_TYPE/PROCESSING_BASELINE tags",
             path,
             {},
-            "sentinel2-msi",
             "sentinel2-dn",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
 
     # 5. the same values without any metadata
     path = _write(root / "l2a_bare" / "s2_subset.tif", plus_1000, profile, S2_NATIVE)
     cases.append(
-        Case(
+        _s2_case(
             "S2 L2A baseline 04.00, no metadata",
             path,
             {"baseline": "04.00"},
-            "sentinel2-msi",
             "sentinel2-dn",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
 
@@ -309,15 +294,11 @@ def build_s2(root: Path) -> list[Case]:
         root / "float01" / "s2_reflectance.tif", refl, profile | {"nodata": None}, S2_NATIVE
     )
     cases.append(
-        Case(
+        _s2_case(
             "S2 reflectance float32 0..1",
             path,
             {},
-            "sentinel2-msi",
             "reflectance",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
 
@@ -329,15 +310,11 @@ def build_s2(root: Path) -> list[Case]:
         S2_NATIVE,
     )
     cases.append(
-        Case(
+        _s2_case(
             "S2 reflectance x10000 as float32",
             path,
             {"encoding": "reflectance-x10000"},
-            "sentinel2-msi",
             "reflectance-x10000",
-            "berlin",
-            TOL_EXACT,
-            "s2",
             "refused by the plausibility check with the scale that fits",
         )
     )
@@ -349,15 +326,11 @@ def build_s2(root: Path) -> list[Case]:
     path = folder / "S2A_MSIL1C_20170216T102101_N0204_R065_T33UUU_20170216T102101.vrt"
     path.write_text(_vrt_xml(data.shape, profile, [f"bands/{n}.tif" for n in S2_NATIVE]))
     cases.append(
-        Case(
+        _s2_case(
             "GDAL VRT over per-band files (SAFE-style name)",
             path,
             {},
-            "sentinel2-msi",
             "sentinel2-dn",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
 
@@ -382,15 +355,11 @@ def build_s2(root: Path) -> list[Case]:
         with rasterio.open(jp2, "w", **prof) as dst:
             dst.write(data[i][None])
     cases.append(
-        Case(
+        _s2_case(
             "S2 granule band files (JPEG 2000, *_B02_10m.jp2)",
             folder,
             {},
-            "sentinel2-msi",
             "sentinel2-dn",
-            "berlin",
-            TOL_EXACT,
-            "s2",
         )
     )
     return cases
