@@ -165,10 +165,6 @@ class Region:
     open_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-#: Keys of a region's ``open:`` mapping (extract-scene flow parameters of the same names).
-REGION_OPEN_KEYS = {"bands", "encoding", "level", "scale", "offset", "nodata", "baseline"}
-
-
 @dataclass(frozen=True)
 class SceneRef:
     """A scene a run will process; ``path`` is absolute and inside its root."""
@@ -499,12 +495,15 @@ def load_region(
 
 
 def _open_options(raw: Any, where: str) -> dict[str, Any]:
+    """The ``open:`` mapping: scene options (extract-scene flow parameters of the same
+    names), less ``sensor`` (its own key) and ``resolution`` (the mosaic's, here)."""
+    from pipeline.scene import OPEN_OPTIONS
+
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or set(raw) - REGION_OPEN_KEYS:
-        raise CatalogError(
-            f"{where}: expected a mapping with keys among {', '.join(sorted(REGION_OPEN_KEYS))}"
-        )
+    keys = set(OPEN_OPTIONS) - {"sensor", "resolution"}
+    if not isinstance(raw, dict) or set(raw) - keys:
+        raise CatalogError(f"{where}: expected a mapping with keys among {', '.join(sorted(keys))}")
     return dict(raw)
 
 

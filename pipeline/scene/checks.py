@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipeline.errors import MissingBandError, NoValidDataError
+from pipeline.errors import MissingBandError, NoValidDataError, SceneError, SceneReadError
 from pipeline.sensors import CANONICAL_BANDS
 
 #: Pixels read at most by decimated statistics (percentile fallback, nodata share).
@@ -66,11 +66,16 @@ def decimated_sample(
     Scene-level statistics (percentile fallback, nodata share, one Otsu threshold for all
     tiles) come from this so that their memory does not grow with the scene; dask reads
     chunk by chunk (one at a time: the synchronous scheduler) and keeps only the strided
-    pixels.
+    pixels. Every chunk is read, so a corrupt one fails here (SceneReadError).
     """
     step = max(1, math.ceil(math.sqrt(scene.sizes["y"] * scene.sizes["x"] / max_pixels)))
     sample = scene.isel(y=slice(None, None, step), x=slice(None, None, step))
-    return sample.compute(scheduler="synchronous"), step
+    try:
+        return sample.compute(scheduler="synchronous"), step
+    except SceneError:
+        raise
+    except OSError as exc:  # netCDF/Zarr backends report corrupt files this way
+        raise SceneReadError(f"cannot read the scene: {exc}") from exc
 
 
 def describe_scene(scene: xr.DataArray) -> dict[str, Any]:

@@ -368,6 +368,8 @@ def _read_stac_item(path: Path, chunks: int, resolution: float | None, resamplin
             skipped.append(f"asset {key} (not a single spectral band)")
             continue
         href = str(asset.get("href") or "")
+        if urlparse(href).scheme.lower() == "file":
+            href = urlparse(href).path
         if _is_remote(href):
             raise SceneError(
                 f"asset {key!r} of STAC item {path} points to {href}; this pipeline reads "
