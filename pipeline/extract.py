@@ -317,7 +317,7 @@ def check_output_location(out_dir: str | Path, source: str | Sequence[str]) -> N
 
 
 @dataclass
-class _CheckedJob:
+class CheckedJob:
     """What :func:`check_job` established: everything planning needs, nothing written."""
 
     src: str | list[str]
@@ -333,7 +333,7 @@ def check_job(
     settings: ExtractionSettings,
     out_dir: str | Path,
     extractor: Extractor | None = None,
-) -> _CheckedJob:
+) -> CheckedJob:
     """Every input check of a job, writing nothing: settings, scene (path, sensor,
     encoding, plausible reflectance, bands), a read of every block (decimated sample),
     tile grid and output folder. Raises a :class:`SpexInputError` naming the fix."""
@@ -360,7 +360,7 @@ def check_job(
     )
     sample, _ = decimated_sample(scene)  # reads every block once: corrupt data fails here
     check_valid(sample, label=f"scene {scene_name(src)}")
-    return _CheckedJob(src, settings, open_kwargs, scene, extractor, grid)
+    return CheckedJob(src, settings, open_kwargs, scene, extractor, grid)
 
 
 def plan_extraction(

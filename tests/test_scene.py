@@ -414,3 +414,63 @@ def test_shared_declared_layout_opens_five_band_stack(shared_data: Path) -> None
     path = shared_data / "l7-raleigh" / "landsat_multiband.tif"
     scene = open_scene(path, sensor="landsat-etm", encoding="uncalibrated-dn")
     assert list(scene["band"].values) == ["B", "G", "R", "N", "S1"]
+
+
+# ------------------------------------------------------------------ flags (issue 11)
+
+
+def test_explicit_nodata_replaces_the_encodings(samples: Path) -> None:
+    with rasterio.open(samples / S2_SAMPLE) as src:
+        green = src.read(2)
+    value = int(np.bincount(green.ravel()).argmax())  # the most common DN of B03
+    scene = open_scene(samples / S2_SAMPLE, nodata=value)
+    g = scene.sel(band="G").values
+    np.testing.assert_array_equal(np.isnan(g), green == value)
+    prov = json.loads(scene.attrs["provenance"])
+    assert prov["bands"][1]["nodata"] == [0.0, float(value)]  # the file's own 0 stays
+
+
+def test_scale_per_band_and_offset(samples: Path) -> None:
+    scales = [1e-4, 2e-4, 1e-4, 1e-4, 1e-4, 1e-4]
+    scene = open_scene(samples / S2_SAMPLE, scale=scales, offset=[-0.01])
+    with rasterio.open(samples / S2_SAMPLE) as src:
+        dn = src.read(2).astype(np.float64)
+    np.testing.assert_allclose(scene.sel(band="G").values, dn * 2e-4 - 0.01, atol=1e-6)
+    with pytest.raises(SceneError, match="--scale has 2 values for 6 bands"):
+        open_scene(samples / S2_SAMPLE, scale=[1e-4, 1e-4])
+
+
+def test_product_level_chooses_between_landsat_encodings(samples: Path, tmp_path: Path) -> None:
+    """Landsat 8 uint16 is Level-1 DN or Level-2 surface reflectance: never guessed."""
+    with rasterio.open(samples / GEWATA_SAMPLE) as src:
+        refl, profile = src.read().astype(np.float64) * 1e-4, dict(src.profile)
+    c2 = np.round((refl + 0.2) / 2.75e-5).astype(np.uint16)
+    path = tmp_path / "oli_stack.tif"
+    profile.update(dtype="uint16", nodata=0)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(c2)
+        for i in range(6):
+            dst.set_band_description(i + 1, f"B{i + 2}")
+    with pytest.raises(SceneError, match=r"pass --encoding or state the product level with "):
+        open_scene(path, sensor="landsat-oli")
+    scene = open_scene(path, sensor="landsat-oli", level="l2")
+    assert scene.attrs["encoding"] == "landsat-c2-l2"
+    np.testing.assert_allclose(scene.values, refl, atol=2.75e-5 / 2 + 1e-6)
+
+
+def test_remote_stac_assets_are_refused(tmp_path: Path) -> None:
+    item = {
+        "type": "Feature",
+        "properties": {"datetime": "2024-07-01T00:00:00Z", "platform": "sentinel-2a"},
+        "assets": {
+            "red": {
+                "href": "https://example.invalid/B04.tif",
+                "type": "image/tiff; application=geotiff",
+                "eo:bands": [{"name": "B04", "common_name": "red"}],
+            }
+        },
+    }
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(item))
+    with pytest.raises(SceneError, match="reads local files only"):
+        open_scene(path)

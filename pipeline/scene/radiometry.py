@@ -222,7 +222,9 @@ def _mtl_coefficients(
     return scales, offsets, info
 
 
-def percentile_fallback(masked: da.Array, percentile: float, where: str, declared_by: str):
+def percentile_fallback(
+    masked: da.Array, percentile: float, where: str, declared_by: str
+) -> tuple[list[float], list[float], dict[str, Any]]:
     """One common scale 1 / (percentile of the valid values), from a decimated read."""
     sample, step = _decimated(masked)
     valid = sample[np.isfinite(sample)]
@@ -278,7 +280,8 @@ def choose_radiometry(
     if offset is None and all(s is not None for s in meta):
         offs = [raw.meta_offset[i] or 0.0 for i in keep]
         info = {"method": "metadata", "source": raw.meta_source}
-        return Radiometry([float(s) for s in meta], offs, info, {"applies": False, **info})
+        why = {"applies": False, "reason": f"scale/offset stated by {raw.meta_source}"}
+        return Radiometry([float(s) for s in meta], offs, info, why)
     if offset is not None and encoding.calibration != "scale":
         raise SceneError(
             f"--offset without --scale is not defined for encoding {encoding.name} "

@@ -1,7 +1,7 @@
 """Lazy, windowed raster reads that fail loudly.
 
-Each dask block opens the file, reads its window and closes it again, so a scene is a
-picklable graph that any worker can compute. Two GDAL behaviours make a plain
+Each dask block reads its window through the calling thread's own open dataset (opened
+on first use), so a scene is a picklable graph of file paths that any worker can compute. Two GDAL behaviours make a plain
 ``rioxarray.open_rasterio`` unsafe for a batch pipeline, and this reader exists for them:
 
 * multi-threaded JPEG 2000 decoding (``GDAL_NUM_THREADS`` > 1) reports a truncated
@@ -16,12 +16,15 @@ Blocks that need another grid (Sentinel-2 20/60 m bands onto 10 m) read through 
 warped VRT; the VRT reads only the source window it needs. Open datasets are kept per
 thread (GDAL handles are not thread-safe) and reused while the file is unchanged.
 
-Neighbouring tiles share the blocks they are cut from, so every tile of a row would
-decode the same blocks again; GDAL's own block cache does not hold them reliably once
-warped VRTs read their JPEG 2000 sources in between (measured: 115 of 416 block reads
-decoded afresh on the Berlin JP2 folder). Decoded blocks are therefore kept in a
-process-wide LRU of at most :data:`CACHE_BYTES` (``SPEX_READ_CACHE_MB``, default 256),
-keyed by file identity so a replaced file is read anew; a failed read is never cached.
+Neighbouring tiles share the blocks they are cut from, so every tile of a row reads the
+same blocks again. That is cheap for GeoTIFF (GDAL's block cache and a fast codec) but not
+for JPEG 2000 decoded on one thread or for warped bands: on the Berlin JP2 folder 416
+block reads per job instead of 26 made extraction 4.6x slower. Blocks of such sources
+(``RasterBlockSource.keep``) are therefore kept in a process-wide LRU of at most
+:data:`CACHE_BYTES` (``SPEX_READ_CACHE_MB``, default 32, the order of the 16 MB GDAL cache
+set in :mod:`pipeline`), keyed by file identity so a replaced file is read anew; a
+failed read is never cached. GeoTIFF blocks stay uncached, so memory on such scenes is
+what it was.
 """
 
 from __future__ import annotations
@@ -76,12 +79,13 @@ class RasterBlockSource:
     dtype: str
     warp_to: Grid | None = None
     resampling: str = "nearest"
+    keep: bool = False  # expensive to decode again (JPEG 2000, warped): cache its blocks
 
 
 #: Open datasets kept per thread (least recently used beyond this are closed).
 MAX_OPEN_PER_THREAD = 64
 #: Bytes of decoded blocks kept by the process (least recently used beyond are dropped).
-CACHE_BYTES = int(os.environ.get("SPEX_READ_CACHE_MB", "256")) * 2**20
+CACHE_BYTES = int(os.environ.get("SPEX_READ_CACHE_MB", "32")) * 2**20
 _local = threading.local()
 _blocks: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
 _blocks_lock = threading.Lock()
@@ -167,7 +171,7 @@ def _read_window(source: RasterBlockSource, window: Window) -> np.ndarray:
     try:
         st = os.stat(source.path)
         key = (source, window.flatten(), st.st_size, st.st_mtime_ns)
-        found = _cached_block(key)
+        found = _cached_block(key) if source.keep else None
         if found is not None:
             return found
         with rasterio.Env(**READ_OPTIONS), warnings.catch_warnings():
@@ -177,7 +181,8 @@ def _read_window(source: RasterBlockSource, window: Window) -> np.ndarray:
         _forget(source)
         cause = exc.__cause__ or exc
         raise SceneReadError(f"cannot read {where}: {cause}") from exc
-    _keep_block(key, block)
+    if source.keep:
+        _keep_block(key, block)
     return block
 
 

@@ -148,7 +148,7 @@ def _georeference_problem(src: rasterio.DatasetReader) -> str | None:
             "(e.g. gdal_edit.py -a_srs EPSG:xxxx)"
         )
     t = src.transform
-    if t.is_identity or t == Affine(1, 0, 0, 0, 1, 0):
+    if t.is_identity:
         gcps = src.gcps[0] if src.gcps else []
         how = "only ground control points" if gcps else "no geotransform"
         return (
@@ -197,6 +197,7 @@ def _lazy_on_grid(
         dtype=str(src.dtypes[0]),
         warp_to=None if same else grid,
         resampling=resampling,
+        keep=not same or src.driver == "JP2OpenJPEG",
     )
     return lazy_raster(source, grid.height, grid.width, chunks), not same
 
