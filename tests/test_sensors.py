@@ -171,7 +171,7 @@ def test_unknown_sensor_lists_known_names() -> None:
     assert "sentinel2-msi" in str(err.value) and "--sensor" in str(err.value)
     with pytest.raises(CatalogError, match="is an encoding: pass it with --encoding"):
         load_sensor("reflectance-x10000")
-    with pytest.raises(CatalogError, match="unknown encoding 'x42'.*--encoding"):
+    with pytest.raises(CatalogError, match=r"unknown encoding 'x42'.*--encoding"):
         load_encoding("x42")
 
 

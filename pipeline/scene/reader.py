@@ -1,8 +1,9 @@
 """Lazy, windowed raster reads that fail loudly.
 
 Each dask block reads its window through the calling thread's own open dataset (opened
-on first use), so a scene is a picklable graph of file paths that any worker can compute. Two GDAL behaviours make a plain
-``rioxarray.open_rasterio`` unsafe for a batch pipeline, and this reader exists for them:
+on first use), so a scene is a picklable graph of file paths that any worker can compute.
+Two GDAL behaviours make a plain ``rioxarray.open_rasterio`` unsafe for a batch pipeline,
+and this reader exists for them:
 
 * multi-threaded JPEG 2000 decoding (``GDAL_NUM_THREADS`` > 1) reports a truncated
   codestream ("Stream too short") from a worker thread, where rasterio cannot see it, and
