@@ -8,17 +8,24 @@ identical outputs either way because the tile store blends in a fixed order.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import re
+import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipeline.errors import SpexInputError
 from pipeline.extract import (
     ExtractionPlan,
     ExtractionSettings,
+    check_job,
     extraction_job,
     finalise,
     limit_compute_threads,
@@ -56,9 +63,16 @@ def extract_scene(
     target: str = "water",
     sensor: str | None = None,
     bands: list[str] | None = None,
+    encoding: str | None = None,
+    level: str | None = None,
+    scale: float | list[float] | None = None,
+    offset: float | list[float] | None = None,
+    nodata: float | None = None,
+    baseline: str | None = None,
     model: str = "default",
     tile: int = 512,
     overlap: int = 64,
+    allow_small_scene: bool = False,
     batch_size: int = 4,
     out_dir: str = "out",
     formats: list[str] | None = None,
@@ -70,24 +84,34 @@ def extract_scene(
 ) -> list[dict[str, str | None]]:
     """Extract ``target`` from each scene; returns the output paths of every scene.
 
-    ``scene`` is one path (a file, a band-file folder or a Zarr store) or a list of them.
+    ``scene`` is one path (a file, a band-file folder, a STAC item or a Zarr store) or a
+    list of them. ``sensor``, ``bands``, ``encoding``, ``level``, ``scale``, ``offset``,
+    ``nodata`` and ``baseline`` describe the input as the ``spex extract`` flags of the
+    same names do; ``allow_small_scene`` runs a scene smaller than ``tile`` as one tile.
     ``resume=False`` discards finished tiles and recomputes everything. ``device``
     ('cpu', 'cuda', ...) is where a model extractor runs (default: CUDA when present).
     """
     logger = get_run_logger()
     scenes = [scene] if isinstance(scene, str) else list(scene)
-    settings = ExtractionSettings(
+    settings = make_settings(
         target=target,
         model=model,
         sensor=sensor,
-        bands=tuple(bands) if bands else None,
+        bands=bands,
+        encoding=encoding,
+        level=level,
+        scale=scale,
+        offset=offset,
+        nodata=nodata,
+        baseline=baseline,
         tile=tile,
         overlap=overlap,
+        allow_small_scene=allow_small_scene,
         batch_size=batch_size,
-        formats=tuple(formats or ("cog",)),
+        formats=formats,
         simplify=simplify,
         device=device,
-        force=not resume,
+        resume=resume,
     )
     results = []
     for path in scenes:
@@ -125,34 +149,74 @@ def extract_scene(
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the flow once from the shell (used by `make demo`); prints one JSON line per
-    scene with the output paths."""
-    import argparse
+def _floats(value: float | list[float] | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return (float(value),)
+    return tuple(float(v) for v in value) or None
 
-    parser = argparse.ArgumentParser(description="Run the extract-scene flow once.")
-    parser.add_argument("--scene", action="append", help="scene path (repeatable)")
-    parser.add_argument("--target", default="water")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--sensor")
-    parser.add_argument("--out-dir", default="out")
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=64)
-    parser.add_argument("--formats", default="cog")
-    parser.add_argument("--dask-address")
-    parser.add_argument("--device")
-    args = parser.parse_args(argv)
+
+def make_settings(
+    *,
+    bands: list[str] | None,
+    scale: float | list[float] | None,
+    offset: float | list[float] | None,
+    formats: list[str] | None,
+    resume: bool,
+    **options: Any,
+) -> ExtractionSettings:
+    """The flow's parameters as :class:`ExtractionSettings` (``scale``/``offset``: one
+    number or one per band, as on the command line)."""
+    return ExtractionSettings(
+        bands=tuple(bands) if bands else None,
+        scale=_floats(scale),
+        offset=_floats(offset),
+        formats=tuple(formats or ("cog",)),
+        force=not resume,
+        **options,
+    )
+
+
+def flow_parameters(settings: ExtractionSettings) -> dict[str, Any]:
+    """The flow's parameters for ``settings`` (the inverse of :func:`make_settings`)."""
+    values = asdict(settings)
+    names = set(inspect.signature(extract_scene.fn).parameters)
+    params = {k: v for k, v in values.items() if k in names}
+    for key in ("bands", "scale", "offset", "formats"):
+        if params.get(key) is not None:
+            params[key] = list(params[key])
+    params["resume"] = not settings.force
+    return params
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the flow once from the shell (``make demo``) with the options of ``spex
+    extract`` (parsed by the same code, :func:`pipeline.cli.main.parse_extract`) plus
+    ``--dask-address``; prints one JSON line per scene with the output paths. Bad input
+    is one ``error:`` line and exit status 2: every input check runs first
+    (:func:`pipeline.extract.check_job`), before the flow starts."""
+    import typer
+
+    from pipeline.cli.main import parse_extract
+
+    flow_only = argparse.ArgumentParser(add_help=False)
+    flow_only.add_argument("--dask-address", default=None)
+    known, rest = flow_only.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        scenes, out, settings = parse_extract(rest)
+        for path in scenes:
+            check_job(str(path), settings, out)
+    except typer.Exit as done:  # --help
+        raise SystemExit(done.exit_code) from None
+    except SpexInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     results = extract_scene(
-        scene=args.scene or DEFAULT_SCENE,
-        target=args.target,
-        model=args.model,
-        sensor=args.sensor,
-        out_dir=args.out_dir,
-        tile=args.tile,
-        overlap=args.overlap,
-        formats=args.formats.split(","),
-        dask_address=args.dask_address,
-        device=args.device,
+        scene=[str(s) for s in scenes],
+        out_dir=str(out),
+        dask_address=known.dask_address,
+        **flow_parameters(settings),
     )
     for paths in results:
         print(json.dumps(paths))

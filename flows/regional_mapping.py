@@ -47,6 +47,7 @@ def extract_one(region: Region, scene: SceneRef, target: str) -> SceneOutcome:
         scene=scene.path,
         target=target,
         sensor=region.sensor,
+        **region.open_options,
         model=opts.model,
         tile=opts.tile,
         overlap=opts.overlap,

@@ -31,3 +31,32 @@ def read_catalog_yaml(path: Path | Traversable, kind: str) -> dict[str, Any]:
     if not isinstance(raw, dict) or not raw:
         raise CatalogError(f"{where}: a {kind} catalog must be a non-empty mapping of keys")
     return raw
+
+
+def required(mapping: dict[str, Any], key: str, where: str) -> Any:
+    """``mapping[key]``, or a CatalogError naming the file and the missing key."""
+    if mapping.get(key) is None:
+        raise CatalogError(f"{where}: missing required key {key!r}")
+    return mapping[key]
+
+
+def number(value: Any, key: str, where: str) -> float | None:
+    """A number (or None), or a CatalogError naming the key: YAML booleans are refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CatalogError(f"{where}: key {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_entry(raw: dict[str, Any], path: Path, allowed: set[str], hint: str = "") -> str:
+    """The entry's ``name`` after checking that it equals the file name and that every
+    key is known (``hint`` is added to the unknown-key message)."""
+    where = str(path)
+    unknown = set(raw) - allowed
+    if unknown:
+        raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{hint}")
+    name = str(required(raw, "name", where))
+    if name != path.stem:
+        raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
+    return name

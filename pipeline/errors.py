@@ -21,6 +21,10 @@ class SceneError(SpexInputError):
     """A scene cannot be opened or does not match what was declared."""
 
 
+class SceneReadError(SceneError):
+    """A driver failed while reading pixels (truncated or corrupt file, missing tiles)."""
+
+
 class MissingBandError(SceneError):
     """A band needed for the requested computation is not in the scene."""
 

@@ -4,10 +4,12 @@ The same three functions serve the ``spex extract`` command (run in-process with
 progress bar) and the ``extract-scene`` Prefect flow (batches as tasks, possibly on Dask
 workers), so both write the same bytes:
 
-1. :func:`plan_extraction` validates everything that can fail on the input (target,
-   bands, scene size, output folder), fits the extractor on the scene (e.g. one Otsu
-   threshold from a decimated read) and opens or resumes the on-disk tile store. Nothing
-   is written before validation has passed.
+1. :func:`plan_extraction` validates everything that can fail on the input (settings and
+   device, scene path and file type, sensor, encoding and plausible reflectance, bands,
+   geotransform, a read of every block, scene size, output folder) in
+   :func:`check_job`, fits the extractor on the scene (e.g. one Otsu threshold from a
+   decimated read) and opens or resumes the on-disk tile store. Nothing is written
+   before validation has passed; :func:`check_job` alone writes nothing at all.
 2. :func:`run_batch` reads a batch of tiles, runs the extractor and records each tile in
    the store. It only needs the picklable :class:`ExtractionPlan`, so any worker that
    sees the same filesystem can run it.
@@ -34,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +50,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline import __version__
-from pipeline.errors import SpexInputError
+from pipeline.errors import SceneError, SceneReadError, SpexInputError
 from pipeline.extractor import Extractor, TileBatch
 from pipeline.locking import output_lock
 from pipeline.outputs.atomic import (
@@ -67,8 +70,14 @@ from pipeline.outputs.quicklook import (
 from pipeline.outputs.report import build_report, write_report
 from pipeline.outputs.space import is_storage_error, probe_storage, storage_error
 from pipeline.outputs.stac import build_item, validate_item
-from pipeline.product import ProductIdentity, identify_product, is_stac_item, resolve_stac_item
-from pipeline.scene import check_valid, decimated_sample, open_scene, require_bands
+from pipeline.product import ProductIdentity, identify_product, is_stac_item, stac_identity
+from pipeline.scene import (
+    check_path,
+    check_valid,
+    decimated_sample,
+    open_scene,
+    require_bands,
+)
 from pipeline.sensors import load_sensor
 from pipeline.stitching import StoreMismatchError, TileStore
 from pipeline.targets import load_target
@@ -80,16 +89,52 @@ WORK_DIR = ".spex-work"
 NAMES_DIR = "names"
 
 
+def validate_device(device: str | None) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` where that device exists; one clear error otherwise.
+
+    torch is imported only for a CUDA request (which needs it anyway), so a typo fails
+    at once and ``cpu`` costs nothing."""
+    if device is None or device == "cpu":
+        return
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m is None:
+        raise SpexInputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(m.group(1) or 0)
+    if index >= count:
+        have = f"cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+        raise SpexInputError(
+            f"--device {device}: this machine has {have} (torch {torch.__version__}); "
+            "use --device cpu" + (" or an existing cuda:N" if count else "")
+        )
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """Everything a user chooses for one extraction job (apart from scene and folder)."""
+    """Everything a user chooses for one extraction job (apart from scene and folder).
+
+    ``sensor`` .. ``baseline`` describe the input (the ``--sensor``, ``--bands``,
+    ``--encoding``, ``--level``, ``--scale``, ``--offset``, ``--nodata`` and ``--baseline``
+    flags; see :func:`pipeline.scene.open_scene`). ``allow_small_scene`` lets a scene
+    smaller than one tile run as a single tile of the scene's size (the tile shrinks; no
+    padding is invented).
+    """
 
     target: str
     model: str = "index"
     sensor: str | None = None
     bands: tuple[str, ...] | None = None
+    encoding: str | None = None
+    level: str | None = None
+    scale: tuple[float, ...] | None = None
+    offset: tuple[float, ...] | None = None
+    nodata: float | None = None
+    baseline: str | None = None
     tile: int = 512
     overlap: int = 64
+    allow_small_scene: bool = False
     batch_size: int = 4
     formats: tuple[str, ...] = ("cog",)
     threshold: float = 0.5
@@ -103,12 +148,27 @@ class ExtractionSettings:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown:
             raise SpexInputError(
-                f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+                f"unknown output format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)} "
+                "with --format"
             )
         if self.batch_size < 1:
-            raise SpexInputError(f"batch size must be >= 1, got {self.batch_size}")
+            raise SpexInputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.simplify >= 0:
             raise SpexInputError(f"--simplify must be >= 0 (map units), got {self.simplify}")
+        if self.scale is not None and any(s <= 0 for s in self.scale):
+            raise SpexInputError(f"--scale must be > 0, got {list(self.scale)}")
+        validate_device(self.device)
+
+    def open_kwargs(self) -> dict[str, Any]:
+        """The :func:`pipeline.scene.open_scene` options these settings give."""
+        kwargs: dict[str, Any] = {}
+        for key in ("sensor", "encoding", "level", "nodata", "baseline"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        for key in ("bands", "scale", "offset"):
+            if getattr(self, key):
+                kwargs[key] = list(getattr(self, key))
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -261,6 +321,8 @@ def limit_compute_threads(concurrent_batches: int) -> int:
 def _source_identity(source: str | Sequence[str]) -> list[dict[str, Any]]:
     """What identifies the input files for resume: resolved path, size and mtime."""
     paths = [Path(source)] if isinstance(source, str) else [Path(s) for s in source]
+    for p in paths:
+        check_path(p)  # a missing path or a FIFO fails here, by name, before any read
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
@@ -346,52 +408,97 @@ def _claim_name(out: Path, name: str, source_key: str) -> str:
     return name
 
 
+def check_output_location(out_dir: str | Path, source: str | Sequence[str]) -> None:
+    """Refuse an output folder that cannot be one, before anything is written.
+
+    ``--out`` inside a scene's own folder (a band-file folder or a Zarr store) would put
+    the outputs among the scene's bands, where the next run reads them as input."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SpexInputError(f"--out {out} exists and is not a folder; choose a folder for --out")
+    resolved = out.resolve()
+    for p in [source] if isinstance(source, str) else list(source):
+        scene = Path(p).resolve()
+        if scene.is_dir() and (resolved == scene or scene in resolved.parents):
+            raise SpexInputError(
+                f"--out {out} is inside the scene folder {p}; the outputs would mix with the "
+                "scene's own files: choose an --out outside it"
+            )
+
+
+@dataclass
+class CheckedJob:
+    """What :func:`check_job` established: everything planning needs, nothing written."""
+
+    src: str | list[str]
+    settings: ExtractionSettings
+    open_kwargs: dict[str, Any]
+    scene: xr.DataArray
+    extractor: Extractor
+    grid: TileGrid
+    product: ProductIdentity
+
+
+def check_job(
+    source: str | Path | Sequence[str | Path],
+    settings: ExtractionSettings,
+    out_dir: str | Path,
+    extractor: Extractor | None = None,
+) -> CheckedJob:
+    """Every input check of a job, writing nothing: settings, scene (path, sensor,
+    encoding, plausible reflectance, bands), a read of every block (decimated sample),
+    tile grid, output folder and the product's name. Raises a :class:`SpexInputError`
+    naming the fix."""
+    target = load_target(settings.target).name
+    settings = replace(settings, target=target)
+    src: str | list[str] = (
+        str(source) if isinstance(source, str | Path) else [str(s) for s in source]
+    )
+    open_kwargs = settings.open_kwargs()
+    check_output_location(out_dir, src)
+    # The same cached lazy scene the batches of this process use: opened (and its
+    # per-scene radiometry computed) once.
+    scene = _open(src, open_kwargs)
+    product = (
+        stac_identity(src) if isinstance(src, str) and is_stac_item(src) else _identify(src, scene)
+    )
+    extractor = extractor or load_extractor(
+        settings.model, settings.threshold_mode, settings.device, target
+    )
+    require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
+    grid = plan_tiles(
+        scene.sizes["y"],
+        scene.sizes["x"],
+        settings.tile,
+        settings.overlap,
+        allow_smaller_scene=settings.allow_small_scene,
+    )
+    sample, _ = decimated_sample(scene)  # reads every block once: corrupt data fails here
+    check_valid(sample, label=f"scene {product.name}")
+    return CheckedJob(src, settings, open_kwargs, scene, extractor, grid, product)
+
+
 def _prepare(
     source: str | Path | Sequence[str | Path],
     settings: ExtractionSettings,
     out_dir: str | Path,
     extractor: Extractor | None,
 ) -> ExtractionPlan:
-    """Every input check, the fitted extractor and the output names; writes nothing but
-    the output folder's writability probe and the name record."""
-    target = load_target(settings.target).name
-    settings = replace(settings, target=target)
-    src: str | list[str] = (
-        str(source) if isinstance(source, str | Path) else [str(s) for s in source]
-    )
-    stac = resolve_stac_item(src) if isinstance(src, str) and is_stac_item(src) else None
-    if stac is not None:
-        src = stac.paths[0] if len(stac.paths) == 1 else stac.paths
-    open_kwargs: dict[str, Any] = {}
-    if settings.sensor:
-        open_kwargs["sensor"] = settings.sensor
-    if settings.bands:
-        open_kwargs["bands"] = list(settings.bands)
-    # The same cached lazy scene the batches of this process use: opened (and its
-    # per-scene radiometry computed) once.
-    scene = _open(src, open_kwargs)
-    product = (
-        ProductIdentity(stac.item_id, f"STAC item {stac.item.name}", stac.acquired)
-        if stac is not None
-        else _identify(src, scene)
-    )
-    extractor = extractor or load_extractor(
-        settings.model, settings.threshold_mode, settings.device, target
-    )
-    require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
-    grid = plan_tiles(scene.sizes["y"], scene.sizes["x"], settings.tile, settings.overlap)
-    sample, _ = decimated_sample(scene)
-    check_valid(sample, label=f"scene {product.name}")
+    """Every input check (:func:`check_job`), the fitted extractor and the output names;
+    writes nothing but the output folder's writability probe and the name record."""
+    job = check_job(source, settings, out_dir, extractor)
+    src, settings, scene, extractor = job.src, job.settings, job.scene, job.extractor
+    target = settings.target
     extractor.fit_scene(scene, target)
     provenance = extractor.provenance()
     out = ensure_writable_dir(out_dir)  # the first write, after every input check
-    name = _claim_name(out, product.name, _source_key(stac.item if stac else src))
+    name = _claim_name(out, job.product.name, _source_key(src))
     stem = f"{name}_{target}"
     scene_prov = json.loads(scene.attrs.get("provenance", "{}"))
     fingerprint = _fingerprint(
         {
             "source": _source_identity(src),
-            "open": open_kwargs,
+            "open": job.open_kwargs,
             "target": target,
             "tile": settings.tile,
             "overlap": settings.overlap,
@@ -404,18 +511,18 @@ def _prepare(
     return ExtractionPlan(
         source=src,
         scene_name=name,
-        open_kwargs=open_kwargs,
+        open_kwargs=job.open_kwargs,
         settings=settings,
         extractor=extractor,
-        grid=grid,
+        grid=job.grid,
         store_path=out / WORK_DIR / f"{stem}.zarr",
         fingerprint=fingerprint,
         outputs=OutputPaths.for_job(out, stem, settings.formats),
         scene_provenance=scene_prov,
         product={
             "name": name,
-            "named_by": product.named_by,
-            "acquired": product.acquired.isoformat() if product.acquired else None,
+            "named_by": job.product.named_by,
+            "acquired": job.product.acquired.isoformat() if job.product.acquired else None,
         },
     )
 
@@ -528,14 +635,7 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
     store = TileStore.open(plan.store_path, plan.fingerprint)
     tiles = [plan.grid[i] for i in tile_indices]
     bands = tuple(str(b) for b in scene["band"].values)
-    pixels = np.stack(
-        [
-            np.asarray(
-                scene[:, t.rows, t.cols].data.compute(scheduler="synchronous"), dtype=np.float32
-            )
-            for t in tiles
-        ]
-    )
+    pixels = np.stack([_read_tile(scene, t, plan.scene_name) for t in tiles])
     valid = np.isfinite(pixels).all(axis=1)
     batch = TileBatch(
         pixels=pixels,
@@ -565,6 +665,18 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
             needed = len(plan.grid) * plan.grid.tile_height * plan.grid.tile_width * 5
             raise storage_error(exc, plan.store_path, needed, "the tile store") from exc
     return len(tiles)
+
+
+def _read_tile(scene: xr.DataArray, tile: Tile, name: str) -> np.ndarray:
+    """A tile's reflectance; any read failure is a SceneReadError, so the tile is never
+    recorded as done (the block reader raises driver errors instead of returning zeros)."""
+    try:
+        values = scene[:, tile.rows, tile.cols].data.compute(scheduler="synchronous")
+    except SceneError:
+        raise
+    except OSError as exc:  # netCDF/Zarr backends report corrupt files this way
+        raise SceneReadError(f"cannot read tile {tile.key} of scene {name}: {exc}") from exc
+    return np.asarray(values, dtype=np.float32)
 
 
 def _tags(plan: ExtractionPlan) -> dict[str, str]:

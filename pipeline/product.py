@@ -28,7 +28,6 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from pipeline.errors import SceneError
 
@@ -36,8 +35,6 @@ from pipeline.errors import SceneError
 _DATE_IN_NAME = re.compile(r"(?<!\d)(19|20)\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 #: Folders above band files searched for a product name (granule, then product folder).
 _PARENT_LEVELS = 3
-#: STAC media types of rasters the scene opener reads.
-_RASTER_MEDIA = ("image/tiff", "image/jp2", "application/x-netcdf")
 
 
 @dataclass(frozen=True)
@@ -47,16 +44,6 @@ class ProductIdentity:
     name: str
     named_by: str
     acquired: date | None = None
-
-
-@dataclass(frozen=True)
-class StacScene:
-    """A STAC item resolved to the raster files the scene opener reads."""
-
-    item: Path
-    item_id: str
-    paths: list[str]
-    acquired: date | None
 
 
 def _safe(name: str) -> str:
@@ -76,11 +63,11 @@ def is_stac_item(path: str | Path) -> bool:
     return isinstance(payload, dict) and payload.get("type") == "Feature" and "assets" in payload
 
 
-def resolve_stac_item(path: str | Path) -> StacScene:
-    """The raster asset(s) of a STAC item: its ``data`` assets, else its raster assets.
+def stac_identity(path: str | Path) -> ProductIdentity:
+    """The name of a STAC item given as the scene: its id, and its datetime (rule 1).
 
-    One asset is opened as one (multi-band) file; several as a set of single-band files.
-    Raises :class:`SceneError` naming the item when no raster asset can be found.
+    The scene opener reads the item's assets and their ``raster:bands`` radiometry
+    (:mod:`pipeline.scene.sources`); only the item's identity is needed here.
     """
     import pystac
 
@@ -89,26 +76,8 @@ def resolve_stac_item(path: str | Path) -> StacScene:
         item = pystac.Item.from_file(str(p))
     except Exception as exc:  # pystac raises several types for malformed items
         raise SceneError(f"cannot read STAC item {p}: {exc}") from exc
-
-    def raster(asset: Any) -> bool:
-        media = (asset.media_type or "").split(";")[0].strip()
-        return media in _RASTER_MEDIA or Path(asset.href).suffix.lower() in (".tif", ".jp2")
-
-    chosen = [a for a in item.assets.values() if "data" in (a.roles or []) and raster(a)]
-    chosen = chosen or [a for a in item.assets.values() if raster(a)]
-    if not chosen:
-        raise SceneError(f"STAC item {p} ({item.id}) has no raster asset to extract from")
-    paths = []
-    for asset in chosen:
-        href = asset.get_absolute_href() or asset.href
-        if "://" in href and not href.startswith("file://"):
-            raise SceneError(
-                f"STAC item {p}: asset {href} is remote; download it and point the item at "
-                "the local file"
-            )
-        paths.append(str(Path(href.removeprefix("file://"))))
     when = item.datetime or item.common_metadata.start_datetime
-    return StacScene(p, item.id, paths, when.date() if when else None)
+    return ProductIdentity(_safe(item.id), f"STAC item {p.name}", when.date() if when else None)
 
 
 def _date_in(text: str) -> date | None:

@@ -160,6 +160,9 @@ class Region:
     max_concurrent: int = 2
     roots: Roots = field(default_factory=Roots.default, compare=False)
     catalog_path: Path | None = None
+    # How the region's scenes are stored (bands, encoding, ...): the `open:` mapping,
+    # passed to the extract-scene flow as parameters of the same names.
+    open_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -436,6 +439,7 @@ def load_region(
             "extraction",
             "resolution",
             "max_concurrent",
+            "open",
         },
         {"name", "aoi", "targets", "scenes", "output", "schedule"},
         where,
@@ -486,7 +490,21 @@ def load_region(
         max_concurrent=_int(raw, "max_concurrent", 2, 1, where),
         roots=roots,
         catalog_path=path,
+        open_options=_open_options(raw.get("open"), f"{where}.open"),
     )
+
+
+def _open_options(raw: Any, where: str) -> dict[str, Any]:
+    """The ``open:`` mapping: scene options (extract-scene flow parameters of the same
+    names), less ``sensor`` (its own key) and ``resolution`` (the mosaic's, here)."""
+    from pipeline.scene import OPEN_OPTIONS
+
+    if raw is None:
+        return {}
+    keys = set(OPEN_OPTIONS) - {"sensor", "resolution"}
+    if not isinstance(raw, dict) or set(raw) - keys:
+        raise CatalogError(f"{where}: expected a mapping with keys among {', '.join(sorted(keys))}")
+    return dict(raw)
 
 
 # ---------------------------------------------------------------------------- scenes

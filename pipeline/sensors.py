@@ -1,10 +1,19 @@
-"""Sensor catalogs: the one place that says what a product's bands are and mean.
+"""Sensor catalogs: what an instrument's bands are and what people call them.
 
-Every fact about a sensor (band codes, native names, wavelengths, scale/offset to
-reflectance, nodata, calibration) lives in ``catalogs/sensors/<name>.yaml``; this module
-only loads and validates those files, so a new sensor is a new YAML file and no Python
-change. Files are safe-loaded and checked eagerly: a malformed catalog fails with a
-:class:`CatalogError` naming the file and the key, not with a KeyError deep inside a job.
+Every fact about a sensor's bands (canonical code, native name, the aliases providers and
+tools use, wavelength, whether it measures reflectance) lives in
+``catalogs/sensors/<name>.yaml``; how a product *stores* those bands (level, DN scale and
+offset, processing-baseline rule, nodata, data type) is an encoding,
+:mod:`pipeline.encodings`. Keeping the two apart is what lets one Sentinel-2 band set open
+from ESA digital numbers, a float reflectance export or a STAC item alike.
+
+A sensor file also says how to recognise the sensor's products: ``platforms`` (STAC
+``platform``, MTL ``SPACECRAFT_ID``), ``file_patterns`` (regular expressions on file or
+folder names, e.g. Landsat product ids) and ``levels`` (the product levels and the
+metadata values or names that state them). Band names are matched case-insensitively
+against the native name, the aliases and the canonical code. Files are safe-loaded and
+checked eagerly: a malformed catalog fails with a :class:`CatalogError` naming the file
+and the key. Schema: ``catalogs/README.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
 from pipeline.errors import CatalogError
 
 #: Canonical band codes (Awesome Spectral Indices convention) and what they are called in
@@ -43,26 +52,40 @@ CANONICAL_BANDS: dict[str, str] = {
     "PAN": "panchromatic",
 }
 
-FALLBACK_METHODS = ("percentile",)
-_SENSOR_KEYS = ("name", "title", "calibrated", "resolution_m", "bands")
+_SENSOR_KEYS = ("name", "title", "resolution_m", "bands")
 _BAND_KEYS = ("code", "native", "wavelength_nm")
+_ALLOWED_KEYS = {
+    "name",
+    "title",
+    "platform",
+    "platforms",
+    "resolution_m",
+    "file_patterns",
+    "levels",
+    "notes",
+    "file_layouts",
+    "product_name",
+    "bands",
+}
+_LEVEL_KEYS = {"product_types", "path_patterns", "label_patterns"}
+
+
+def normalise_name(text: str) -> str:
+    """Platform and level spellings compared loosely: 'LANDSAT_5' == 'landsat-5'."""
+    return re.sub(r"[\s_]+", "-", text.strip().lower())
 
 
 @dataclass(frozen=True)
 class SensorBand:
-    """One band of a sensor: ``reflectance = DN * scale + offset`` where DN != nodata.
-
-    ``scale``/``offset`` are None for uncalibrated sensors (the scene opener then applies
-    the sensor's declared fallback). ``resolution_m`` is the band's native ground
-    sampling when the sensor mixes resolutions (Sentinel-2: 10/20/60 m).
-    """
+    """One band of a sensor. ``reflective`` is False for thermal bands, which scenes drop:
+    no reflectance encoding applies to them. ``resolution_m`` is the band's native ground
+    sampling when the sensor mixes resolutions (Sentinel-2: 10/20/60 m)."""
 
     code: str
     native: str
     wavelength_nm: float
-    scale: float | None
-    offset: float | None
-    nodata: float | None
+    aliases: tuple[str, ...] = ()
+    reflective: bool = True
     resolution_m: float | None = None
 
     @property
@@ -70,49 +93,50 @@ class SensorBand:
         """Readable name for messages, e.g. 'near infrared'."""
         return CANONICAL_BANDS.get(self.code, self.code)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Native name first, then the aliases: every spelling a file may use."""
+        return (self.native, *self.aliases)
+
 
 @dataclass(frozen=True)
-class BaselineOffset:
-    """A DN offset that applies from a processing baseline on (Sentinel-2 04.00: -1000).
+class LevelRule:
+    """How a product states its level: metadata values (PRODUCT_TYPE, PROCESSING_LEVEL,
+    STAC ``s2:product_type`` / ``processing:level`` / ``landsat:correction``), patterns
+    on file or folder names, or patterns on band names (``SR_B4`` is Level-2)."""
 
-    ``since_sensing_date`` lets the opener infer the baseline from the sensing date when a
-    product carries no baseline metadata (all products sensed from that date on are
-    generated with the new baseline).
-    """
-
-    from_baseline: str
-    dn_offset: float
-    since_sensing_date: str | None = None
+    level: str
+    product_types: tuple[str, ...] = ()
+    path_patterns: tuple[str, ...] = ()
+    label_patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Sensor:
-    """A sensor/product catalog entry; see ``catalogs/sensors/*.yaml``."""
+    """A sensor catalog entry; see ``catalogs/sensors/*.yaml``."""
 
     name: str
     title: str
-    calibrated: bool
     resolution_m: tuple[float, ...]
     bands: tuple[SensorBand, ...]
-    dtypes: tuple[str, ...] = ()
-    fallback_method: str | None = None
-    fallback_percentile: float | None = None
-    baseline_offset: BaselineOffset | None = None
-    autodetect: bool = False
-    product_type: str | None = None
     platform: str = ""
+    platforms: tuple[str, ...] = ()
+    file_patterns: tuple[str, ...] = ()
+    levels: tuple[LevelRule, ...] = ()
     notes: str = ""
     path: str = ""
-    # Band orders in which unlabelled files of this product are known to come, keyed by
-    # band count (e.g. Landsat 7 stacks of bands 1-5 without band 7). Declared data, so a
-    # 5-band file is never matched to 6 catalog bands by guesswork.
+    # Band orders in which unlabelled files of this sensor are known to come, keyed by
+    # band count (e.g. Landsat stacks without the thermal band). Declared data, so a
+    # 6-band file is never matched to 7 catalog bands by guesswork.
     file_layouts: tuple[tuple[int, tuple[str, ...]], ...] = ()
     # How the product names itself (a regex found in its band file names, folders or
     # metadata tags, e.g. the Sentinel-2 tile id and sensing time): the output name.
     product_name: str | None = None
 
     def layout_for(self, count: int) -> tuple[SensorBand, ...] | None:
-        """The catalog bands of a declared ``count``-band file layout, or None."""
+        """The catalog bands of a ``count``-band file without band names, or None."""
+        if count == len(self.bands):
+            return self.bands
         for n, names in self.file_layouts:
             if n == count:
                 return tuple(self.band(name) for name in names)
@@ -133,52 +157,98 @@ class Sensor:
         """Native band names in catalog order."""
         return tuple(b.native for b in self.bands)
 
-    def band(self, name: str) -> SensorBand:
-        """The band whose native name or canonical code is ``name`` (case-insensitive)."""
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(rule.level for rule in self.levels)
+
+    def find_band(self, name: str) -> SensorBand | None:
+        """The band a name means: native name or alias first, then canonical code."""
         key = name.strip().lower()
         for b in self.bands:
-            if b.native.lower() == key:
+            if key in (n.lower() for n in b.names):
                 return b
         for b in self.bands:
             if b.code.lower() == key:
                 return b
-        raise CatalogError(
-            f"sensor {self.name!r} has no band {name!r}; its bands are "
-            + ", ".join(f"{b.native} ({b.code})" for b in self.bands)
-        )
+        return None
+
+    def band(self, name: str) -> SensorBand:
+        """The band whose native name, alias or canonical code is ``name``."""
+        found = self.find_band(name)
+        if found is None:
+            raise CatalogError(
+                f"sensor {self.name!r} has no band {name!r}; its bands are "
+                + ", ".join(f"{b.native} ({b.code})" for b in self.bands)
+            )
+        return found
 
     def has_band(self, name: str) -> bool:
-        """Whether ``name`` is a native name or canonical code of this sensor."""
-        try:
-            self.band(name)
-        except CatalogError:
-            return False
-        return True
+        """Whether ``name`` is a native name, alias or canonical code of this sensor."""
+        return self.find_band(name) is not None
+
+    def matches_platform(self, platform: str | None) -> bool:
+        return bool(platform) and normalise_name(str(platform)) in self.platforms
+
+    def matches_file_name(self, name: str) -> bool:
+        return any(re.search(p, name) for p in self.file_patterns)
+
+    def level_of(
+        self, stated: list[str], paths: list[str], labels: list[str]
+    ) -> tuple[str, str] | None:
+        """(level, evidence) from metadata values, names and band labels, or None."""
+        for rule in self.levels:
+            wanted = {normalise_name(t) for t in (*rule.product_types, rule.level)}
+            for value in stated:
+                if normalise_name(value) in wanted:
+                    return rule.level, f"metadata value {value!r}"
+        for rule in self.levels:
+            for p in paths:
+                for pattern in rule.path_patterns:
+                    if re.search(pattern, p):
+                        return rule.level, f"name {Path(p).name}"
+        for rule in self.levels:
+            for pattern in rule.label_patterns:
+                if labels and all(re.search(pattern, lb, re.IGNORECASE) for lb in labels):
+                    return rule.level, f"band names ({', '.join(labels[:3])}, ...)"
+        return None
+
+    def canonical_level(self, level: str) -> str | None:
+        """The catalog's spelling of a level a user typed ('l2a' -> 'L2A'), or None."""
+        key = normalise_name(level).replace("level-", "l")
+        for rule in self.levels:
+            names = (rule.level, *rule.product_types)
+            if key in {normalise_name(n) for n in names}:
+                return rule.level
+        return None
 
 
 def _catalog_dir() -> Path:
     return Path(str(files("catalogs").joinpath("sensors")))
 
 
-def _require(mapping: dict[str, Any], key: str, where: str) -> Any:
-    if key not in mapping or mapping[key] is None:
-        raise CatalogError(f"{where}: missing required key {key!r}")
-    return mapping[key]
+def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise CatalogError(f"{where}: key {key!r} must be a list of strings")
+    return tuple(str(v) for v in value)
 
 
-def _number(value: Any, key: str, where: str, *, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CatalogError(f"{where}: key {key!r} must be a number, got {value!r}")
-    return float(value)
+def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
+    out = _strings(value, key, where)
+    for p in out:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise CatalogError(f"{where}: {key} pattern {p!r} is not a regex ({exc})") from exc
+    return out
 
 
-def _parse_band(raw: Any, defaults: dict[str, Any], calibrated: bool, where: str) -> SensorBand:
+def _parse_band(raw: Any, where: str) -> SensorBand:
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: each entry of 'bands' must be a mapping, got {raw!r}")
     for key in _BAND_KEYS:
-        _require(raw, key, where)
+        required(raw, key, where)
     code = str(raw["code"])
     if code not in CANONICAL_BANDS:
         raise CatalogError(
@@ -186,21 +256,42 @@ def _parse_band(raw: Any, defaults: dict[str, Any], calibrated: bool, where: str
             + ", ".join(CANONICAL_BANDS)
         )
     where_band = f"{where} band {code}"
-    scale = _number(raw.get("scale", defaults.get("scale")), "scale", where_band)
-    offset = _number(raw.get("offset", defaults.get("offset")), "offset", where_band)
-    if calibrated and scale is None:
-        raise CatalogError(f"{where_band}: missing required key 'scale' (sensor is calibrated)")
-    if calibrated and offset is None:
-        offset = 0.0
+    unknown = set(raw) - {*_BAND_KEYS, "aliases", "reflective", "resolution_m"}
+    if unknown:
+        raise CatalogError(f"{where_band}: unknown key(s) {', '.join(sorted(unknown))}")
+    reflective = raw.get("reflective", True)
+    if not isinstance(reflective, bool):
+        raise CatalogError(f"{where_band}: key 'reflective' must be true or false")
     return SensorBand(
         code=code,
         native=str(raw["native"]),
-        wavelength_nm=float(_number(raw["wavelength_nm"], "wavelength_nm", where_band)),
-        scale=scale,
-        offset=offset,
-        nodata=_number(raw.get("nodata", defaults.get("nodata")), "nodata", where_band),
-        resolution_m=_number(raw.get("resolution_m"), "resolution_m", where_band),
+        wavelength_nm=float(number(raw["wavelength_nm"], "wavelength_nm", where_band) or 0),
+        aliases=_strings(raw.get("aliases"), "aliases", where_band),
+        reflective=reflective,
+        resolution_m=number(raw.get("resolution_m"), "resolution_m", where_band),
     )
+
+
+def _parse_levels(raw: Any, where: str) -> tuple[LevelRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: key 'levels' must map a level name to its rules")
+    out = []
+    for level, rules in raw.items():
+        w = f"{where} level {level}"
+        rules = rules or {}
+        if not isinstance(rules, dict) or set(rules) - _LEVEL_KEYS:
+            raise CatalogError(f"{w}: rules must be a mapping of {', '.join(sorted(_LEVEL_KEYS))}")
+        out.append(
+            LevelRule(
+                level=str(level),
+                product_types=_strings(rules.get("product_types"), "product_types", w),
+                path_patterns=_patterns(rules.get("path_patterns"), "path_patterns", w),
+                label_patterns=_patterns(rules.get("label_patterns"), "label_patterns", w),
+            )
+        )
+    return tuple(out)
 
 
 def load_sensor_file(path: str | Path) -> Sensor:
@@ -209,49 +300,25 @@ def load_sensor_file(path: str | Path) -> Sensor:
     where = str(path)
     raw = read_catalog_yaml(path, "sensor")
     for key in _SENSOR_KEYS:
-        _require(raw, key, where)
-    name = str(raw["name"])
-    if name != path.stem:
-        raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
-    calibrated = raw["calibrated"]
-    if not isinstance(calibrated, bool):
-        raise CatalogError(f"{where}: key 'calibrated' must be true or false")
-    fallback_method = fallback_pct = None
-    if not calibrated:
-        fb = _require(raw, "fallback", where)
-        if not isinstance(fb, dict) or fb.get("method") not in FALLBACK_METHODS:
-            raise CatalogError(
-                f"{where}: key 'fallback' must name a method in {FALLBACK_METHODS}, got {fb!r}"
-            )
-        fallback_method = str(fb["method"])
-        fallback_pct = _number(_require(fb, "percentile", f"{where} fallback"), "percentile", where)
-        if not 0 < float(fallback_pct) <= 100:
-            raise CatalogError(f"{where}: fallback percentile must be in (0, 100]")
+        required(raw, key, where)
+    hint = ""
+    if set(raw) & {"scale", "offset", "nodata", "calibrated", "dtypes", "fallback"}:
+        hint = " (radiometry belongs to an encoding: catalogs/encodings/)"
+    name = check_entry(raw, path, _ALLOWED_KEYS, hint)
     bands_raw = raw["bands"]
     if not isinstance(bands_raw, list) or not bands_raw:
         raise CatalogError(f"{where}: key 'bands' must be a non-empty list")
-    bands = tuple(_parse_band(b, raw, calibrated, where) for b in bands_raw)
-    for attr in ("code", "native"):
-        values = [getattr(b, attr).lower() for b in bands]
-        dupes = sorted({v for v in values if values.count(v) > 1})
-        if dupes:
-            raise CatalogError(f"{where}: duplicate band {attr} {', '.join(dupes)}")
+    bands = tuple(_parse_band(b, where) for b in bands_raw)
+    codes = [b.code.lower() for b in bands]
+    dupes = sorted({c for c in codes if codes.count(c) > 1})
+    if dupes:
+        raise CatalogError(f"{where}: duplicate band code {', '.join(dupes)}")
+    spellings = [n.lower() for b in bands for n in b.names]
+    dupes = sorted({s for s in spellings if spellings.count(s) > 1})
+    if dupes:
+        raise CatalogError(f"{where}: duplicate band native name or alias {', '.join(dupes)}")
     res = raw["resolution_m"]
     res = res if isinstance(res, list) else [res]
-    baseline = None
-    if raw.get("baseline_offset") is not None:
-        bo = raw["baseline_offset"]
-        w = f"{where} baseline_offset"
-        if not isinstance(bo, dict):
-            raise CatalogError(f"{w}: must be a mapping")
-        baseline = BaselineOffset(
-            from_baseline=str(_require(bo, "from_baseline", w)),
-            dn_offset=float(_number(_require(bo, "dn_offset", w), "dn_offset", w)),
-            since_sensing_date=(
-                str(bo["since_sensing_date"]) if bo.get("since_sensing_date") else None
-            ),
-        )
-    layouts = _parse_layouts(raw.get("file_layouts"), bands, where)
     product_name = raw.get("product_name")
     if product_name is not None:
         try:
@@ -261,19 +328,15 @@ def load_sensor_file(path: str | Path) -> Sensor:
     return Sensor(
         name=name,
         title=str(raw["title"]),
-        calibrated=calibrated,
-        resolution_m=tuple(float(_number(r, "resolution_m", where)) for r in res),
+        resolution_m=tuple(float(number(r, "resolution_m", where) or 0) for r in res),
         bands=bands,
-        dtypes=tuple(str(d) for d in raw.get("dtypes") or ()),
-        fallback_method=fallback_method,
-        fallback_percentile=fallback_pct,
-        baseline_offset=baseline,
-        autodetect=bool(raw.get("autodetect", False)),
-        product_type=str(raw["product_type"]) if raw.get("product_type") else None,
         platform=str(raw.get("platform", "")),
+        platforms=tuple(map(normalise_name, _strings(raw.get("platforms"), "platforms", where))),
+        file_patterns=_patterns(raw.get("file_patterns"), "file_patterns", where),
+        levels=_parse_levels(raw.get("levels"), where),
         notes=" ".join(str(raw.get("notes", "")).split()),
         path=where,
-        file_layouts=layouts,
+        file_layouts=_parse_layouts(raw.get("file_layouts"), bands, where),
         product_name=str(product_name) if product_name is not None else None,
     )
 
@@ -312,7 +375,14 @@ def load_sensor(name: str) -> Sensor:
     """The catalog entry ``name``; an unknown name lists the known ones."""
     path = _catalog_dir() / f"{name}.yaml"
     if not name or "/" in name or "\\" in name or not path.is_file():
-        raise CatalogError(f"unknown sensor {name!r}; known sensors: {', '.join(list_sensors())}")
+        from pipeline.encodings import list_encodings
+
+        hint = (
+            f" ({name} is an encoding: pass it with --encoding)" if name in list_encodings() else ""
+        )
+        raise CatalogError(
+            f"unknown sensor {name!r}{hint}; known sensors (--sensor): {', '.join(list_sensors())}"
+        )
     return load_sensor_file(path)
 
 

@@ -201,8 +201,8 @@ class TileStore:
                 n_done = len(list((path / DONE_DIR).glob("*.json"))) if path.is_dir() else 0
                 raise StoreMismatchError(
                     f"tile store {path} belongs to another job ({problem}); it holds "
-                    f"{n_done} finished tile(s), left untouched. Use another store path, "
-                    "or force=True to discard it."
+                    f"{n_done} finished tile(s), left untouched. Choose another --out, "
+                    "or pass --force to discard it."
                 )
             if path.is_dir():
                 shutil.rmtree(path)

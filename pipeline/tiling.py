@@ -10,8 +10,9 @@ Why this shape:
   which the blending window (``pipeline.stitching``) handles like any other overlap.
 * A scene smaller than one tile is an error by default (``SpexInputError``): silently
   shrinking the tile would change what the model sees and is rarely what a user meant.
-  ``allow_smaller_scene=True`` opts in to a single tile of the scene's size along each
-  dimension that is too small.
+  ``allow_smaller_scene=True`` (the ``--allow-small-scene`` flag) opts in to a single
+  tile of the scene's size along each dimension that is too small: the tile shrinks,
+  nothing is padded.
 * The grid is a pure function of ``(height, width, tile, overlap, allow_smaller_scene)``,
   and tiles are numbered row-major, so a tile's ``index`` is a stable id: a resumed job
   that plans the same grid finds the same ids in its store's record of finished tiles.
@@ -194,13 +195,14 @@ def plan_tiles(
     if height < 1 or width < 1:
         raise SpexInputError(f"scene has no pixels (height={height}, width={width})")
     if tile < 1:
-        raise SpexInputError(f"tile size must be >= 1 px, got {tile}")
+        raise SpexInputError(f"--tile must be >= 1 px, got {tile}")
     if not 0 <= overlap < tile:
-        raise SpexInputError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
+        raise SpexInputError(f"--overlap must be in [0, --tile {tile}), got {overlap}")
     if (height < tile or width < tile) and not allow_smaller_scene:
         raise SpexInputError(
             f"scene is {height}x{width} px, smaller than one {tile}x{tile} px tile; "
-            f"use a tile size <= {min(height, width)} or allow a smaller scene explicitly"
+            f"pass --tile {min(height, width)} (or smaller), or --allow-small-scene to run "
+            "it as one tile of the scene's size"
         )
     tile_h, tile_w = min(tile, height), min(tile, width)
     stride = tile - overlap

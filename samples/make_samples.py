@@ -36,7 +36,7 @@ GEWATA_OUT = "landsat_gewata_crop.tif"
 GEWATA_LABELS_OUT = "landsat_gewata_crop_lulc.tif"
 # Bands 1,2,3,4,5,7 = B, G, R, N, S1, S2 (shared/data/README.md). The source's band
 # descriptions are "layer.1".."layer.6", which name nothing; the crop carries the Landsat
-# band numbers, which are the native names of catalog entry landsat-sr-x10000.
+# band numbers, which are aliases of the bands of sensor catalog landsat-tm.
 GEWATA_BANDS = ("1", "2", "3", "4", "5", "7")
 GEWATA_NODATA, GEWATA_WETLAND = 255, 6  # lulcGewata.tif: nodata, class id of wetland
 GEWATA_CLASSES = (1, 2, 3, 4, 5, 6)

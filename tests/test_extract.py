@@ -167,12 +167,10 @@ def test_nodata_border_stays_nodata(tmp_path: Path, samples: Path) -> None:
         data[:, lulc.read(1) == lulc.nodata] = profile["nodata"]
     with rasterio.open(source, "w", **profile) as dst:
         dst.write(data)
-    scene = open_scene(str(source), sensor="landsat-sr-x10000")
+    scene = open_scene(str(source), sensor="landsat-tm")
     invalid = ~np.isfinite(scene.values).all(axis=0)
     assert 0.1 < invalid.mean() < 0.9
-    settings = ExtractionSettings(
-        target="vegetation", sensor="landsat-sr-x10000", tile=64, overlap=16
-    )
+    settings = ExtractionSettings(target="vegetation", sensor="landsat-tm", tile=64, overlap=16)
     paths = run_extraction(str(source), settings, tmp_path / "out")
     with rasterio.open(paths["mask"]) as mask:
         values = mask.read(1)

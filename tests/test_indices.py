@@ -42,7 +42,7 @@ def slovenia(shared_data: Path) -> xr.DataArray:
         pixels,
         dims=("band", "y", "x"),
         coords={"band": codes, "y": np.arange(h), "x": np.arange(w)},
-        attrs={"sensor": "sentinel2-l1c"},
+        attrs={"sensor": "sentinel2-msi"},
     )
 
 

@@ -6,15 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.extract import ExtractionSettings, plan_extraction, run_extraction
 from pipeline.product import identify_product
+from pipeline.scene import open_scene
 from pipeline.sensors import load_sensor
 
 REPO = Path(__file__).resolve().parents[1]
 BERLIN = REPO / "samples" / "s2_l1c_berlin_20170216.tif"
-S2_PATTERN = load_sensor("sentinel2-l1c").product_name
+S2_PATTERN = load_sensor("sentinel2-msi").product_name
 SETTINGS = ExtractionSettings(target="water", model="index", tile=256, overlap=32)
 
 
@@ -59,7 +61,7 @@ def test_two_granules_into_one_folder_never_collide(shared_data: Path, tmp_path:
         (second / name).symlink_to(first / name)
     out = tmp_path / "out"
     settings = ExtractionSettings(
-        target="water", model="index", sensor="sentinel2-l1c", tile=512, overlap=32
+        target="water", model="index", sensor="sentinel2-msi", tile=512, overlap=32
     )
     a = plan_extraction(str(first), settings, out)
     b = plan_extraction(str(second), settings, out)
@@ -117,3 +119,38 @@ def test_stac_item_without_raster_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SceneError, match="no raster asset"):
         plan_extraction(str(item_path), SETTINGS, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_stac_item_with_one_multiband_asset_is_named_by_its_bands(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """NAIP as Planetary Computer publishes it: one 4-band ``image`` asset whose
+    ``eo:bands`` name the bands; the item's platform tells the sensor."""
+    naip = shared_data / "naip-north-dakota" / "m_4709963_se_14_1_20200831.tif"
+    bands = [("Red", "red"), ("Green", "green"), ("Blue", "blue"), ("NIR", "nir")]
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "nd_m_4709963_se_14_060_20200831",
+        "geometry": None,
+        "properties": {"datetime": "2020-08-31T00:00:00Z", "platform": "naip"},
+        "links": [],
+        "assets": {
+            "image": {
+                "href": str(naip),
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"],
+                "eo:bands": [{"name": n, "common_name": c} for n, c in bands],
+            },
+            "thumbnail": {"href": "thumb.jpg", "type": "image/jpeg", "roles": ["thumbnail"]},
+        },
+    }
+    item_path = tmp_path / "item.json"
+    item_path.write_text(json.dumps(item))
+    plan = plan_extraction(str(item_path), SETTINGS, tmp_path / "out")
+    scene = open_scene(str(item_path))
+    assert scene.attrs["sensor"] == "naip"
+    assert [str(b) for b in scene["band"].values] == ["R", "G", "B", "N"]
+    direct = open_scene(str(naip), sensor="naip")
+    assert np.array_equal(scene.values, direct.values, equal_nan=True)
+    assert plan.scene_name == "nd_m_4709963_se_14_060_20200831"

@@ -10,7 +10,7 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,6 +18,9 @@ from pipeline.cli.models import models_app
 from pipeline.cli.spie import spie_app
 from pipeline.cli.train import eval_command, train_command
 from pipeline.errors import SpexInputError
+
+if TYPE_CHECKING:
+    from pipeline.extract import ExtractionSettings
 
 app = typer.Typer(
     help="SPEX: instruction-driven land-cover extraction from multispectral scenes.",
@@ -32,6 +35,10 @@ app.command("train")(train_command)
 app.command("eval")(eval_command)
 
 TargetArg = Annotated[str, typer.Argument(help="What to extract: water, vegetation or building.")]
+SceneArg = Annotated[
+    Path,
+    typer.Argument(help="Scene file (GeoTIFF/COG/VRT/JP2), band-file folder, STAC item, Zarr."),
+]
 SensorOpt = Annotated[
     str | None,
     typer.Option(
@@ -40,7 +47,40 @@ SensorOpt = Annotated[
 ]
 BandsOpt = Annotated[
     str | None,
-    typer.Option("--bands", help="Comma-separated native band names in file order (override)."),
+    typer.Option(
+        "--bands", help="Comma-separated band names in file order (native names or aliases)."
+    ),
+]
+EncodingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--encoding",
+        help="How the product stores reflectance (see `spex encodings`); detected if possible.",
+    ),
+]
+LevelOpt = Annotated[
+    str | None,
+    typer.Option("--level", help="Product level if the metadata does not say (L1C, L2A, L1, L2)."),
+]
+ScaleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scale", help="reflectance = DN * scale + offset: one number, or one per band (a,b,..)."
+    ),
+]
+OffsetOpt = Annotated[
+    str | None,
+    typer.Option("--offset", help="Offset for --scale (default 0), or with the encoding's scale."),
+]
+NodataOpt = Annotated[
+    float | None,
+    typer.Option("--nodata", help="Nodata value (replaces the encoding's; the file's own stays)."),
+]
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--baseline", help="Sentinel-2 processing baseline (e.g. 04.00) when metadata lacks it."
+    ),
 ]
 
 
@@ -48,13 +88,41 @@ def _bands(value: str | None) -> list[str] | None:
     return [b.strip() for b in value.split(",") if b.strip()] if value else None
 
 
-def _open_kwargs(sensor: str | None, bands: str | None) -> dict:
-    kwargs: dict = {}
-    if sensor:
-        kwargs["sensor"] = sensor
-    if bands:
-        kwargs["bands"] = _bands(bands)
-    return kwargs
+def _numbers(value: str | None, flag: str) -> list[float] | None:
+    """'0.0001' or '0.0001,0.0001,...' -> floats; a clear error for anything else."""
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise SpexInputError(f"{flag} takes numbers separated by commas, got {value!r}") from None
+    if not numbers:
+        raise SpexInputError(f"{flag} takes at least one number, got {value!r}")
+    return numbers
+
+
+def _open_kwargs(
+    sensor: str | None = None,
+    bands: str | None = None,
+    encoding: str | None = None,
+    level: str | None = None,
+    scale: str | None = None,
+    offset: str | None = None,
+    nodata: float | None = None,
+    baseline: str | None = None,
+) -> dict:
+    """The scene options of the command line, as :func:`pipeline.scene.open_scene` takes them."""
+    kwargs: dict = {
+        "sensor": sensor,
+        "bands": _bands(bands),
+        "encoding": encoding,
+        "level": level,
+        "scale": _numbers(scale, "--scale"),
+        "offset": _numbers(offset, "--offset"),
+        "nodata": nodata,
+        "baseline": baseline,
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 @app.command()
@@ -69,16 +137,34 @@ def sensors() -> None:
 
 
 @app.command()
+def encodings() -> None:
+    """List the encoding catalogs (catalogs/encodings/*.yaml): how products store bands."""
+    from pipeline.encodings import all_encodings
+
+    for enc in all_encodings():
+        sensors = ", ".join(enc.sensors) if enc.sensors else "any sensor"
+        typer.echo(f"{enc.name:<20} {enc.title}")
+        typer.echo(f"{'':<20} for: {sensors}; dtypes: {', '.join(enc.dtypes)}")
+
+
+@app.command()
 def info(
-    scene: Annotated[Path, typer.Argument(help="Scene file, band-file folder or Zarr store.")],
+    scene: SceneArg,
     sensor: SensorOpt = None,
     bands: BandsOpt = None,
+    encoding: EncodingOpt = None,
+    level: LevelOpt = None,
+    scale: ScaleOpt = None,
+    offset: OffsetOpt = None,
+    nodata: NodataOpt = None,
+    baseline: BaselineOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Sensor, bands, size, CRS, resolution and nodata share of a scene."""
+    """Sensor, encoding, bands, size, CRS, resolution, reflectance range and nodata share."""
     from pipeline.scene import describe_scene, open_scene
 
-    facts = describe_scene(open_scene(str(scene), **_open_kwargs(sensor, bands)))
+    kwargs = _open_kwargs(sensor, bands, encoding, level, scale, offset, nodata, baseline)
+    facts = describe_scene(open_scene(str(scene), **kwargs))
     if as_json:
         typer.echo(json.dumps(facts, indent=2, default=str))
         return
@@ -93,9 +179,15 @@ APG_MAX_PIXELS = 64_000_000
 @app.command()
 def apg(
     target: TargetArg,
-    scene: Annotated[Path, typer.Argument(help="Scene file, band-file folder or Zarr store.")],
+    scene: SceneArg,
     sensor: SensorOpt = None,
     bands: BandsOpt = None,
+    encoding: EncodingOpt = None,
+    level: LevelOpt = None,
+    scale: ScaleOpt = None,
+    offset: OffsetOpt = None,
+    nodata: NodataOpt = None,
+    baseline: BaselineOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the coarse mask as a COG (1/0/255).")
     ] = None,
@@ -114,7 +206,14 @@ def apg(
     from pipeline.scene import open_scene
     from pipeline.targets import index_for
 
-    data = open_scene(str(scene), **_open_kwargs(sensor, bands))
+    if out is not None and (out.is_dir() or out.name == ""):
+        raise SpexInputError(
+            f"--out {out} is a folder; --out takes the mask file to write, e.g. {out / 'mask.tif'}"
+        )
+    if out is not None and not out.parent.is_dir():
+        raise SpexInputError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    kwargs = _open_kwargs(sensor, bands, encoding, level, scale, offset, nodata, baseline)
+    data = open_scene(str(scene), **kwargs)
     bands_here = [str(b) for b in data["band"].values]
     index_name = index_for(target, bands_here, sensor=data.attrs.get("sensor"))
     pixels = data.sizes["y"] * data.sizes["x"]
@@ -166,6 +265,7 @@ def apg(
 
 @app.command()
 def extract(
+    ctx: typer.Context,
     target: TargetArg,
     scenes: Annotated[list[Path], typer.Argument(help="One or more scenes.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("out"),
@@ -178,8 +278,21 @@ def extract(
     ] = "default",
     sensor: SensorOpt = None,
     bands: BandsOpt = None,
+    encoding: EncodingOpt = None,
+    level: LevelOpt = None,
+    scale: ScaleOpt = None,
+    offset: OffsetOpt = None,
+    nodata: NodataOpt = None,
+    baseline: BaselineOpt = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels.")] = 512,
     overlap: Annotated[int, typer.Option("--overlap", help="Tile overlap in pixels.")] = 64,
+    allow_small_scene: Annotated[
+        bool,
+        typer.Option(
+            "--allow-small-scene",
+            help="Run a scene smaller than --tile as one tile of its own size (no padding).",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per batch.")] = 4,
     formats: Annotated[
         str,
@@ -211,21 +324,9 @@ def extract(
     folder is waited for (SPEX_LOCK_TIMEOUT seconds, default 600)."""
     from tqdm import tqdm
 
-    from pipeline.extract import ExtractionSettings, run_extraction
+    from pipeline.extract import run_extraction
 
-    settings = ExtractionSettings(
-        target=target,
-        model=model,
-        sensor=sensor,
-        bands=tuple(_bands(bands) or ()) or None,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-        device=device,
-        force=force,
-        simplify=simplify,
-    )
+    scenes, out, settings = extraction_options(ctx.params)
 
     def on_wait(holder: str) -> None:
         typer.echo(f"waiting: the same job is being run by {holder}", err=True)
@@ -241,6 +342,65 @@ def extract(
                 str(scene), settings, out, on_plan=on_plan, on_batch=bar.update, on_wait=on_wait
             )
         typer.echo(json.dumps(paths))
+
+
+def extraction_options(params: dict[str, Any]) -> tuple[list[Path], Path, ExtractionSettings]:
+    """The scenes, output folder and settings that ``spex extract``'s parsed options give.
+
+    One translation from flags to :class:`pipeline.extract.ExtractionSettings`, used by
+    the command and by the ``extract-scene`` flow's shell entry (:func:`parse_extract`).
+    """
+    from pipeline.extract import ExtractionSettings
+
+    opened = _open_kwargs(
+        params["sensor"],
+        params["bands"],
+        params["encoding"],
+        params["level"],
+        params["scale"],
+        params["offset"],
+        params["nodata"],
+        params["baseline"],
+    )
+    settings = ExtractionSettings(
+        target=params["target"],
+        model=params["model"],
+        sensor=params["sensor"],
+        bands=tuple(opened["bands"]) if "bands" in opened else None,
+        encoding=params["encoding"],
+        level=params["level"],
+        scale=tuple(opened["scale"]) if "scale" in opened else None,
+        offset=tuple(opened["offset"]) if "offset" in opened else None,
+        nodata=params["nodata"],
+        baseline=params["baseline"],
+        tile=params["tile"],
+        overlap=params["overlap"],
+        allow_small_scene=params["allow_small_scene"],
+        batch_size=params["batch_size"],
+        formats=tuple(f.strip() for f in params["formats"].split(",") if f.strip()),
+        device=params["device"],
+        force=params["force"],
+        simplify=params["simplify"],
+    )
+    return list(params["scenes"]), Path(params["out"]), settings
+
+
+def parse_extract(argv: list[str]) -> tuple[list[Path], Path, ExtractionSettings]:
+    """Parse ``argv`` exactly as ``spex extract`` does (same flags, defaults and checks).
+
+    For other entry points that run the same job (the ``extract-scene`` flow from the
+    shell, ``make demo``), so that every flag a message names exists there too. A bad
+    flag or value raises :class:`SpexInputError`; ``--help`` prints the help and raises
+    ``typer.Exit``.
+    """
+    command = typer.main.get_command(app).commands["extract"]  # type: ignore[attr-defined]
+    try:
+        ctx = command.make_context("extract", list(argv))
+    except typer.Exit:
+        raise
+    except typer.TyperException as exc:
+        raise SpexInputError(f"{exc.format_message()} (see --help)") from None  # type: ignore[attr-defined]
+    return extraction_options(ctx.params)
 
 
 # A full disk or a file-size limit is the user's to fix, not a bug: one line, no traceback.

@@ -8,9 +8,12 @@ only from the catalogs (:mod:`pipeline.sensors`); this package decides how a fil
 map onto a catalog entry and records every radiometric choice in the provenance.
 
 This module holds the recipe, :func:`open_scene`; the steps live in one module each:
-:mod:`.sources` reads a source in its native dtype, :mod:`.bands` names its bands and
-detects the sensor, :mod:`.radiometry` masks nodata and scales DN to reflectance, and
-:mod:`.checks` holds the helpers later stages use on an opened scene.
+:mod:`.sources` reads a source in its native dtype (through :mod:`.reader`, whose block
+reads turn any driver error into an exception), :mod:`.metadata` gathers what the
+product's metadata states, :mod:`.bands` names its bands and detects the sensor,
+:mod:`.radiometry` picks the encoding, scales DN to reflectance and checks that the
+result is plausible, and :mod:`.checks` holds the helpers later stages use on an opened
+scene. Supported conventions are listed in the README ("Your own scenes").
 """
 
 from __future__ import annotations
@@ -20,14 +23,13 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from pipeline.errors import NoValidDataError, SceneError
-from pipeline.scene.bands import _detect_sensor, _resolve_bands
+from pipeline.errors import SceneError
+from pipeline.scene.bands import detect_sensor, resolve_bands
 from pipeline.scene.checks import (
     DECIMATED_PIXELS,
     check_valid,
@@ -36,15 +38,30 @@ from pipeline.scene.checks import (
     require_bands,
 )
 from pipeline.scene.radiometry import (
-    _baseline_rule,
-    _decimated,
-    _mask_block,
-    _nodata_values,
-    _per_band,
-    _sensing_date,
+    check_plausible,
+    choose_encoding,
+    choose_radiometry,
+    mask_block,
+    nodata_values,
+    per_band,
+    product_level,
 )
-from pipeline.scene.sources import _RESAMPLING, PathLike, _Raw, _read_source
+from pipeline.scene.sources import _RESAMPLING, PathLike, _Raw, _read_source, check_path
 from pipeline.sensors import CANONICAL_BANDS, Sensor, load_sensor
+
+#: The keyword arguments of :func:`open_scene` that describe the input (what the
+#: ``open:`` mapping of a data-set or region catalog and the CLI flags may set).
+OPEN_OPTIONS = (
+    "sensor",
+    "bands",
+    "encoding",
+    "level",
+    "scale",
+    "offset",
+    "nodata",
+    "baseline",
+    "resolution",
+)
 
 
 def open_scene(
@@ -52,109 +69,87 @@ def open_scene(
     *,
     sensor: str | Sensor | None = None,
     bands: Sequence[str] | None = None,
+    encoding: str | None = None,
+    level: str | None = None,
     scale: float | Sequence[float] | None = None,
     offset: float | Sequence[float] | None = None,
+    nodata: float | None = None,
+    baseline: str | None = None,
     chunks: int = 1024,
     resolution: float | None = None,
-    baseline: str | None = None,
     resampling: str = "nearest",
 ) -> xr.DataArray:
     """Open a scene lazily as float32 reflectance with canonical band codes.
 
-    ``bands`` names the file's bands (native names or canonical codes, file order) when
-    the file does not; ``scale``/``offset`` override the catalog's radiometry (a number or
-    one per band); ``resolution`` sets the output grid in CRS units (default: the finest
-    band); ``baseline`` is the Sentinel-2 processing baseline when the product's metadata
-    does not say it; ``resampling`` ('nearest' keeps measured values, or 'bilinear') is
-    used only for bands not already on the output grid.
+    ``sensor`` names the sensor catalog (detected from band names, platform metadata and
+    product file names when unambiguous); ``bands`` names the file's bands (native names,
+    aliases or canonical codes, in file order) when the file does not; ``encoding`` and
+    ``level`` say how the product stores reflectance (else chosen from metadata, level,
+    sensor and data type); ``scale``/``offset`` override everything (a number or one per
+    band); ``nodata`` replaces the encoding's nodata value (the file's own is always
+    honoured); ``baseline`` is the Sentinel-2 processing baseline when the metadata does
+    not say it; ``resolution`` sets the output grid in CRS units (default: the finest
+    band); ``resampling`` ('nearest' keeps measured values, or 'bilinear') is used only
+    for bands not already on the output grid. Every choice is checked against the file
+    (band names and count, data type, plausible reflectance) and recorded in the
+    ``provenance`` attribute.
     """
     if resampling not in _RESAMPLING:
         raise SceneError(f"resampling must be one of {', '.join(_RESAMPLING)}, got {resampling!r}")
+    if isinstance(sensor, str):
+        sensor = load_sensor(sensor)  # an unknown name fails before any read
     raw = _read_source(source, chunks, resolution, resampling)
     if isinstance(source, str | Path) and Path(source).is_dir():
         raw.from_folder = True
-    if raw.stored is not None and sensor is None and bands is None and scale is None:
+    explicit = (sensor, bands, encoding, level, scale, offset, nodata)
+    if raw.stored is not None and all(v is None for v in explicit):
         return _reopen_stored(raw)
-    if isinstance(sensor, Sensor):
-        sens = sensor
-    elif sensor is not None:
-        sens = load_sensor(sensor)
+    if sensor is None:
+        sens, sensor_from = detect_sensor(raw)
     else:
-        sens = _detect_sensor(raw)
-    chosen, keep = _resolve_bands(raw, sens, bands)
+        sens, sensor_from = sensor, "--sensor"
+    chosen, keep = resolve_bands(raw, sens, bands)
     if raw.from_folder and bands is None:
         # a folder has no band order of its own: use the catalog's (B8A after B08)
         order = sorted(range(len(keep)), key=lambda i: sens.bands.index(chosen[i]))
         chosen, keep = [chosen[i] for i in order], [keep[i] for i in order]
     data = raw.data if keep == list(range(raw.data.sizes["band"])) else raw.data.isel(band=keep)
-    nodata = [raw.nodata[i] for i in keep]
-    dtype = data.dtype
-    nd = tuple(
-        tuple(_nodata_values(nd_i, b, dtype)) for nd_i, b in zip(nodata, chosen, strict=True)
+    dtype = np.dtype(data.dtype)
+    lvl = product_level(raw, sens, level)
+    enc, enc_from = choose_encoding(raw, sens, dtype.name, lvl["level"], encoding)
+    enc_nodata = float(nodata) if nodata is not None else enc.nodata
+    nd = tuple(tuple(nodata_values(raw.nodata[i], enc_nodata, dtype)) for i in keep)
+    masked = da.map_blocks(mask_block, data.data, nd, dtype=np.float32)
+    rad = choose_radiometry(
+        raw, keep, chosen, masked, enc, scale=scale, offset=offset, baseline=baseline
     )
-    masked = da.map_blocks(_mask_block, data.data, nd, dtype=np.float32)
-
-    n = len(chosen)
-    base = _baseline_rule(raw, sens, baseline)
-    radiometry: dict[str, Any]
-    if scale is not None:
-        scales = _per_band(scale, n, "scale")
-        offsets = _per_band(offset if offset is not None else 0.0, n, "offset")
-        radiometry = {"method": "explicit", "note": "scale/offset given by the caller"}
-    elif offset is not None and sens.calibrated:
-        scales = [float(b.scale) for b in chosen]  # type: ignore[arg-type]
-        offsets = _per_band(offset, n, "offset")
-        radiometry = {"method": "catalog scale, explicit offset"}
-    elif offset is not None:
-        raise SceneError(f"offset= without scale= is not defined for uncalibrated {sens.name}")
-    elif sens.calibrated:
-        scales = [float(b.scale) for b in chosen]  # type: ignore[arg-type]
-        extra = float(base.get("dn_offset", 0.0))
-        offsets = [float(b.offset or 0.0) + extra * s for b, s in zip(chosen, scales, strict=True)]
-        radiometry = {"method": "catalog", "catalog": Path(sens.path).name}
-    else:
-        sample, step = _decimated(masked)
-        valid = sample[np.isfinite(sample)]
-        pct = float(sens.fallback_percentile or 99.5)
-        if valid.size == 0:
-            raise NoValidDataError(f"{raw.paths[0]} holds no valid pixels (all nodata)")
-        ref = float(np.percentile(valid, pct))
-        if ref <= 0:
-            raise SceneError(
-                f"{raw.paths[0]}: the {pct:g}th percentile of valid values is {ref:g}; "
-                "cannot derive the fallback scale, pass scale="
-            )
-        scales, offsets = [1.0 / ref] * n, [0.0] * n
-        radiometry = {
-            "method": "percentile",
-            "declared_by": Path(sens.path).name,
-            "percentile": pct,
-            "value": ref,
-            "common_scale": 1.0 / ref,
-            "sample_step": step,
-            "sample_pixels": int(sample[0].size),
-            "valid_values": int(valid.size),
-            "clipped": False,
-            "why": "sensor is uncalibrated; one common scale keeps normalised-difference "
-            "indices equal to those of the DN",
-        }
-    sc = np.asarray(scales, np.float32)[:, None, None]
-    of = np.asarray(offsets, np.float32)[:, None, None]
-    refl = masked * sc + of
+    sc = np.asarray(rad.scales, np.float32)[:, None, None]
+    of = np.asarray(rad.offsets, np.float32)[:, None, None]
+    refl = (masked * sc + of).astype(np.float32)
+    codes = [b.code for b in chosen]
+    check = (
+        check_plausible(refl, codes, masked, rad, raw.where, enc, sens.name, dtype.name)
+        if rad.checked
+        else {"checked": False, "why": f"{rad.info['method']} radiometry"}
+    )
 
     out = xr.DataArray(
-        refl.astype(np.float32),
+        refl,
         dims=("band", "y", "x"),
-        coords={"band": [b.code for b in chosen], "y": data.y, "x": data.x},
+        coords={"band": codes, "y": data.y, "x": data.x},
     )
-    transform = raw.data.rio.transform()
-    out = out.rio.write_crs(raw.data.rio.crs).rio.write_transform(transform)
+    out = out.rio.write_crs(raw.data.rio.crs).rio.write_transform(raw.data.rio.transform())
     out = out.rio.write_nodata(np.nan, encoded=False)
     provenance = {
         "sources": raw.paths,
         "skipped": raw.skipped,
         "sensor": sens.name,
         "sensor_catalog": Path(sens.path).name,
+        "sensor_from": sensor_from,
+        "encoding": enc.name,
+        "encoding_from": enc_from,
+        "level": lvl,
+        "dtype": dtype.name,
         "bands": [
             {
                 "code": b.code,
@@ -164,20 +159,22 @@ def open_scene(
                 "offset": o,
                 "nodata": list(v),
             }
-            for b, s, o, v in zip(chosen, scales, offsets, nd, strict=True)
+            for b, s, o, v in zip(chosen, rad.scales, rad.offsets, nd, strict=True)
         ],
-        "radiometry": radiometry,
-        "baseline": base,
+        "radiometry": rad.info,
+        "baseline": rad.baseline,
+        "plausibility": check,
+        "metadata": raw.facts.describe(),
         "resampling": raw.resampling,
-        "band_names_from": "bands= parameter" if bands is not None else raw.label_kind,
+        "band_names_from": "--bands" if bands is not None else raw.label_kind,
     }
-    sensed = _sensing_date(raw)
-    if sensed is not None:
-        provenance["sensing_date"] = sensed[0].isoformat()
+    if raw.facts.sensed is not None:
+        provenance["sensing_date"] = raw.facts.sensed[0].isoformat()
     out.attrs.update(
         sensor=sens.name,
+        encoding=enc.name,
         native_bands=[b.native for b in chosen],
-        provenance=json.dumps(provenance, sort_keys=True),
+        provenance=json.dumps(provenance, sort_keys=True, default=str),
     )
     return out
 
@@ -201,10 +198,10 @@ def _reopen_stored(raw: _Raw) -> xr.DataArray:
     if len(codes) != raw.data.sizes["band"]:
         raise SceneError(
             f"{raw.paths[0]}: {raw.data.sizes['band']} stored bands but the stored "
-            f"provenance names {len(codes)}; pass sensor= and bands= to open it as raw data"
+            f"provenance names {len(codes)}; pass --sensor and --bands to open it as raw data"
         )
     masked = da.map_blocks(
-        _mask_block,
+        mask_block,
         raw.data.data,
         tuple(tuple(v for v in [nd] if v is not None and not math.isnan(v)) for nd in raw.nodata),
         dtype=np.float32,
@@ -227,9 +224,12 @@ def _reopen_stored(raw: _Raw) -> xr.DataArray:
 
 __all__ = [
     "DECIMATED_PIXELS",
+    "OPEN_OPTIONS",
+    "check_path",
     "check_valid",
     "decimated_sample",
     "describe_scene",
     "open_scene",
+    "per_band",
     "require_bands",
 ]

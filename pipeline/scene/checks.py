@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipeline.errors import MissingBandError, NoValidDataError
+from pipeline.errors import MissingBandError, NoValidDataError, SceneError, SceneReadError
 from pipeline.sensors import CANONICAL_BANDS
 
 #: Pixels read at most by decimated statistics (percentile fallback, nodata share).
@@ -66,11 +66,16 @@ def decimated_sample(
     Scene-level statistics (percentile fallback, nodata share, one Otsu threshold for all
     tiles) come from this so that their memory does not grow with the scene; dask reads
     chunk by chunk (one at a time: the synchronous scheduler) and keeps only the strided
-    pixels.
+    pixels. Every chunk is read, so a corrupt one fails here (SceneReadError).
     """
     step = max(1, math.ceil(math.sqrt(scene.sizes["y"] * scene.sizes["x"] / max_pixels)))
     sample = scene.isel(y=slice(None, None, step), x=slice(None, None, step))
-    return sample.compute(scheduler="synchronous"), step
+    try:
+        return sample.compute(scheduler="synchronous"), step
+    except SceneError:
+        raise
+    except OSError as exc:  # netCDF/Zarr backends report corrupt files this way
+        raise SceneReadError(f"cannot read the scene: {exc}") from exc
 
 
 def describe_scene(scene: xr.DataArray) -> dict[str, Any]:
@@ -86,6 +91,10 @@ def describe_scene(scene: xr.DataArray) -> dict[str, Any]:
         prov = {}
     return {
         "sensor": scene.attrs.get("sensor"),
+        "sensor_from": prov.get("sensor_from"),
+        "encoding": scene.attrs.get("encoding") or prov.get("encoding"),
+        "encoding_from": prov.get("encoding_from"),
+        "level": (prov.get("level") or {}).get("level"),
         "bands": [str(b) for b in scene["band"].values],
         "native_bands": list(scene.attrs.get("native_bands", [])),
         "width": int(scene.sizes["x"]),
@@ -98,5 +107,9 @@ def describe_scene(scene: xr.DataArray) -> dict[str, Any]:
         "nodata_share": round(nodata_share, 6),
         "nodata_sample_step": step,
         "radiometry": (prov.get("radiometry") or {}).get("method"),
+        "scales": sorted({b.get("scale") for b in prov.get("bands", [])}, key=str),
+        "offsets": sorted({b.get("offset") for b in prov.get("bands", [])}, key=str),
+        "plausibility": prov.get("plausibility"),
+        "skipped": prov.get("skipped", []),
         "sources": prov.get("sources", []),
     }

@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.catalog_io import read_catalog_yaml
 from pipeline.errors import CatalogError
+from pipeline.scene import OPEN_OPTIONS
 from pipeline.sensors import Sensor, list_sensors, load_sensor
 from pipeline.spie.errors import DatasetError
 from pipeline.targets import load_target
@@ -368,7 +369,7 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
     if missing_index not in MISSING_INDEX_POLICIES:
         raise CatalogError(f"{where}: apg.missing_index must be one of {MISSING_INDEX_POLICIES}")
     open_kwargs = _mapping(raw.get("open"), "open", where)
-    bad_open = set(open_kwargs) - {"bands", "baseline", "scale", "offset", "resolution"}
+    bad_open = set(open_kwargs) - (set(OPEN_OPTIONS) - {"sensor"})  # sensor: its own key
     if bad_open:
         raise CatalogError(f"{where}: unknown open key(s) {', '.join(sorted(bad_open))}")
     default_root = raw.get("default_root")

@@ -9,7 +9,8 @@ Three jobs, each failing with a :class:`DatasetError` that names the file:
 * :func:`open_image` opens an image as float32 reflectance with canonical band codes:
   georeferenced sources through :func:`pipeline.scene.open_scene` (lazy, catalog
   radiometry), plain rasters (Globe230k JPEGs, GID tifs) with rasterio and the *same*
-  radiometric rule (catalog scale, or one common 1/p99.5 scale for uncalibrated DN).
+  radiometric rule (the encoding's scale, or one common 1/p99.5 scale for uncalibrated DN;
+  the encoding is ``open.encoding``, else the one the encoding catalogs select).
 * :func:`read_class_ids` reads a label raster (index or RGB palette coded) or rasterises
   GeoJSON footprints onto the image grid, checks it is on the image's grid and that every
   class id is declared, and returns class ids with -1 for nodata.
@@ -34,6 +35,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 
+from pipeline.encodings import load_encoding, select_encoding
+from pipeline.errors import CatalogError
 from pipeline.scene import open_scene
 from pipeline.sensors import Sensor
 from pipeline.spie.catalog import DatasetSpec, resolve_inside
@@ -202,26 +205,35 @@ def _open_plain(spec: DatasetSpec, item: Item) -> ImageSource:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(item.image) as src:
                 data = src.read().astype(np.float32)
+                dtype = str(src.dtypes[0])
                 file_nodata = src.nodata
                 crs = src.crs.to_string() if src.crs else None
                 transform = tuple(src.transform)[:6] if src.crs else None
     except (RasterioError, OSError) as exc:
         raise DatasetError(f"cannot read image {item.image}: {exc}") from exc
     bands = _plain_bands(sensor, spec.open_kwargs.get("bands"), data.shape[0], item.image)
-    for i, band in enumerate(bands):
-        for nd in {file_nodata, band.nodata} - {None}:
+    opts = spec.open_kwargs
+    try:
+        enc = (
+            load_encoding(opts["encoding"])
+            if opts.get("encoding")
+            else select_encoding(sensor.name, dtype, opts.get("level"))
+        )
+    except CatalogError as exc:
+        raise DatasetError(f"{spec.path}: {exc} (open.encoding in the catalog)") from exc
+    for i in range(len(bands)):
+        for nd in {file_nodata, opts.get("nodata", enc.nodata)} - {None}:
             data[i][data[i] == nd] = np.nan
-    if sensor.calibrated:
-        for i, band in enumerate(bands):
-            data[i] = data[i] * float(band.scale) + float(band.offset or 0.0)
-        radiometry: dict[str, Any] = {"method": "catalog", "catalog": sensor.name}
+    if enc.calibration == "scale":
+        data = data * np.float32(enc.scale or 1.0) + np.float32(enc.offset or 0.0)
+        radiometry: dict[str, Any] = {"method": "encoding", "encoding": enc.name}
     else:
         step = max(1, math.ceil(math.sqrt(data.shape[1] * data.shape[2] / DECIMATED_PIXELS)))
         sample = data[:, ::step, ::step]
         valid = sample[np.isfinite(sample)]
         if valid.size == 0:
             raise DatasetError(f"image {item.image} holds no valid pixels (all nodata)")
-        pct = float(sensor.fallback_percentile or 99.5)
+        pct = float(enc.fallback_percentile or 99.5)
         ref = float(np.percentile(valid, pct))
         if ref <= 0:
             raise DatasetError(f"image {item.image}: the {pct:g}th percentile is {ref:g}")
@@ -230,7 +242,7 @@ def _open_plain(spec: DatasetSpec, item: Item) -> ImageSource:
             "method": "percentile",
             "percentile": pct,
             "value": ref,
-            "declared_by": sensor.name,
+            "declared_by": enc.name,
         }
     return ImageSource(
         bands=[b.code for b in bands],

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CATALOG = {
     "name": "sample-berlin",
     "title": "Bundled Sentinel-2 L1C Berlin crop with OSM land-use labels (tests)",
-    "sensor": "sentinel2-l1c",
+    "sensor": "sentinel2-msi",
     "georeferenced": True,
     "layout": {
         "images": "s2_l1c_berlin_20170216.tif",
