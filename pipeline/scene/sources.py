@@ -348,6 +348,20 @@ def _is_raster_asset(key: str, asset: dict[str, Any]) -> bool:
     return suffix in RASTER_SUFFIXES or "tiff" in media or "jp2" in media
 
 
+def _asset_file(item_path: Path, key: str, asset: dict[str, Any]) -> Path:
+    """The local file an asset's href names (relative hrefs from the item's folder)."""
+    href = str(asset.get("href") or "")
+    if urlparse(href).scheme.lower() == "file":
+        href = urlparse(href).path
+    if _is_remote(href):
+        raise SceneError(
+            f"asset {key!r} of STAC item {item_path} points to {href}; this pipeline reads "
+            "local files only: download the assets and make their hrefs local paths "
+            "(relative to the item file)"
+        )
+    return (item_path.parent / href).resolve() if not Path(href).is_absolute() else Path(href)
+
+
 def _read_stac_item(path: Path, chunks: int, resolution: float | None, resampling: str) -> _Raw:
     """A local STAC item: its single-band raster assets are the bands (asset keys and
     eo:bands names label them; raster:bands scale/offset/nodata state the radiometry)."""
@@ -371,17 +385,7 @@ def _read_stac_item(path: Path, chunks: int, resolution: float | None, resamplin
         if with_bands and _asset_band(asset) is None:
             skipped.append(f"asset {key} (not a single spectral band)")
             continue
-        href = str(asset.get("href") or "")
-        if urlparse(href).scheme.lower() == "file":
-            href = urlparse(href).path
-        if _is_remote(href):
-            raise SceneError(
-                f"asset {key!r} of STAC item {path} points to {href}; this pipeline reads "
-                "local files only: download the assets and make their hrefs local paths "
-                "(relative to the item file)"
-            )
-        file = (path.parent / href).resolve() if not Path(href).is_absolute() else Path(href)
-        chosen.append((key, asset, file))
+        chosen.append((key, asset, _asset_file(path, key, asset)))
     if not chosen:
         raise SceneError(f"STAC item {path} has no raster asset (GeoTIFF, COG or JP2) to read")
     raw = _read_raster_set([f for _, _, f in chosen], chunks, resolution, resampling, False)
@@ -429,15 +433,7 @@ def _read_stac_multiband(
 ) -> _Raw:
     """A STAC item whose bands are the bands of one file: ``eo:bands`` names them (name
     and common name), ``raster:bands`` gives each band's scale, offset and nodata."""
-    href = str(asset.get("href") or "")
-    if urlparse(href).scheme.lower() == "file":
-        href = urlparse(href).path
-    if _is_remote(href):
-        raise SceneError(
-            f"asset {key!r} of STAC item {path} points to {href}; this pipeline reads "
-            "local files only: download the asset and make its href a local path"
-        )
-    file = (path.parent / href).resolve() if not Path(href).is_absolute() else Path(href)
+    file = _asset_file(path, key, asset)
     raw = _read_raster_file(file, chunks, resolution, resampling)
     bands = asset.get("eo:bands") or asset.get("bands") or []
     if bands and len(bands) != raw.data.sizes["band"]:
