@@ -66,12 +66,15 @@ def extract_scene(
     dask_address: str | None = None,
     max_workers: int = 2,
     device: str | None = None,
+    describe: bool = True,
 ) -> list[dict[str, str | None]]:
     """Extract ``target`` from each scene; returns the output paths of every scene.
 
     ``scene`` is one path (a file, a band-file folder or a Zarr store) or a list of them.
     ``resume=False`` discards finished tiles and recomputes everything. ``device``
     ('cpu', 'cuda', ...) is where a model extractor runs (default: CUDA when present).
+    ``describe=False`` leaves the tile descriptions (and their check) out of the report;
+    the masks are the same.
     """
     logger = get_run_logger()
     scenes = [scene] if isinstance(scene, str) else list(scene)
@@ -86,6 +89,7 @@ def extract_scene(
         formats=tuple(formats or ("cog",)),
         device=device,
         force=not resume,
+        describe=describe,
     )
     results = []
     for path in scenes:
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--formats", default="cog")
     parser.add_argument("--dask-address")
     parser.add_argument("--device")
+    parser.add_argument("--no-describe", dest="describe", action="store_false")
     args = parser.parse_args(argv)
     results = extract_scene(
         scene=args.scene or DEFAULT_SCENE,
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         formats=args.formats.split(","),
         dask_address=args.dask_address,
         device=args.device,
+        describe=args.describe,
     )
     for paths in results:
         print(json.dumps(paths))

@@ -93,6 +93,9 @@ class SpexConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
+    # Greedy decoding never completes an n-gram it already generated (0: off, as in
+    # checkpoints written before it existed); see model.llm.GenerationSettings.
+    no_repeat_ngram_size: int = 0
     # Targets with a learned SAM prompt token of their own (model/target_token.py); empty:
     # no target token (checkpoints written before it existed).
     prompt_targets: tuple[str, ...] = ()

@@ -40,9 +40,10 @@ from pipeline.errors import SpexInputError
 from pipeline.extractor import Extractor, TileBatch
 from pipeline.locking import output_lock
 from pipeline.outputs.atomic import atomic_path, atomic_write_text, ensure_writable_dir
+from pipeline.outputs.descriptions import check_descriptions
 from pipeline.outputs.quicklook import render_quicklook
 from pipeline.outputs.report import build_report, write_report
-from pipeline.outputs.stac import build_item, validate_item
+from pipeline.outputs.stac import build_item, description_properties, validate_item
 from pipeline.scene import check_valid, decimated_sample, open_scene, require_bands
 from pipeline.stitching import TileStore
 from pipeline.targets import load_target
@@ -68,6 +69,8 @@ class ExtractionSettings:
     threshold_mode: str = "scene"
     device: str | None = None
     force: bool = False
+    # Descriptions per tile, checked against the final mask (extractors that write text).
+    describe: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -135,11 +138,26 @@ class ExtractionPlan:
     done: bool = False
 
     def pending_batches(self) -> list[tuple[Tile, ...]]:
-        """Tile batches still to compute (all of them on a fresh job)."""
+        """Tile batches still to compute (all of them on a fresh job). When descriptions
+        are asked for, a tile finished by an earlier run without them is pending too
+        (its probabilities come out the same, and its text is written this time)."""
         if self.done:
             return []
         store = TileStore.open(self.store_path, self.fingerprint)
-        return self.grid.batches(self.settings.batch_size, skip=store.finished())
+        finished = set(store.finished())
+        if self.settings.describe:
+            finished &= self.described_tiles()
+        return self.grid.batches(self.settings.batch_size, skip=finished)
+
+    @property
+    def texts_dir(self) -> Path:
+        """One ``<tile index>.json`` per tile computed with descriptions asked for."""
+        return self.store_path / "texts"
+
+    def described_tiles(self) -> set[int]:
+        if not self.texts_dir.is_dir():
+            return set()
+        return {int(p.stem) for p in self.texts_dir.glob("*.json") if p.stem.isdigit()}
 
     @property
     def done_record(self) -> Path:
@@ -312,7 +330,9 @@ def _is_done(plan: ExtractionPlan) -> bool:
     if not plan.done_record.is_file() or not plan.outputs.all_exist():
         return False
     record = json.loads(plan.done_record.read_text())
-    return record.get("fingerprint") == plan.fingerprint
+    # A finished job with or without descriptions is a different report, same masks.
+    describe = record.get("describe", True)
+    return record.get("fingerprint") == plan.fingerprint and describe == plan.settings.describe
 
 
 def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
@@ -336,18 +356,26 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
         bands=bands,
         target=plan.settings.target,
         sensor=scene.attrs.get("sensor"),
+        describe=plan.settings.describe,
     )
     result = plan.extractor.predict(batch)
-    texts_dir = plan.store_path / "texts"
+    texts_dir = plan.texts_dir
     # Shared: batches of one job write disjoint slots; planning and finalising wait.
     with output_lock(plan.outputs.mask.parent, plan.outputs.mask.stem, mode="shared"):
-        for tile, text in zip(tiles, result.texts, strict=True):
-            if text is not None:
-                texts_dir.mkdir(exist_ok=True)
-                atomic_write_text(
-                    texts_dir / f"{tile.index}.json",
-                    json.dumps({"tile": tile.key, "row": tile.row, "col": tile.col, "text": text}),
-                )
+        if plan.settings.describe:
+            # A record per tile, text or not (an index extractor writes none), so a resumed
+            # job knows which tiles were computed with descriptions asked for.
+            texts_dir.mkdir(exist_ok=True)
+            for tile, text in zip(tiles, result.texts, strict=True):
+                record = {
+                    "tile": tile.key,
+                    "row": tile.row,
+                    "col": tile.col,
+                    "height": tile.height,
+                    "width": tile.width,
+                    "text": text,
+                }
+                atomic_write_text(texts_dir / f"{tile.index}.json", json.dumps(record))
         store.write_batch(tiles, result.probability, valid)
     return len(tiles)
 
@@ -386,12 +414,14 @@ def _acquired(plan: ExtractionPlan) -> datetime:
     return datetime.fromtimestamp(int(mtime), tz=UTC)
 
 
-def _descriptions(plan: ExtractionPlan) -> list[dict[str, Any]]:
-    texts_dir = plan.store_path / "texts"
-    if not texts_dir.is_dir():
+def _descriptions(plan: ExtractionPlan, scene: xr.DataArray) -> list[dict[str, Any]]:
+    """The tiles' texts, each checked against the finished mask (none without
+    ``describe``: the text-only work is skipped)."""
+    if not plan.settings.describe or not plan.texts_dir.is_dir():
         return []
-    records = [json.loads(p.read_text()) for p in texts_dir.glob("*.json")]
-    return sorted(records, key=lambda r: (r["row"], r["col"]))
+    records = [json.loads(p.read_text()) for p in plan.texts_dir.glob("*.json")]
+    records = sorted((r for r in records if r.get("text")), key=lambda r: (r["row"], r["col"]))
+    return check_descriptions(records, plan.outputs.mask, scene, plan.settings.target)
 
 
 def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
@@ -417,7 +447,8 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
         target=plan.settings.target,
         scene_name=plan.scene_name,
         provenance=_provenance(plan),
-        descriptions=_descriptions(plan),
+        descriptions=_descriptions(plan, scene),
+        descriptions_requested=plan.settings.describe,
     )
     with atomic_path(outputs.report) as json_tmp, atomic_path(outputs.report_md) as md_tmp:
         write_report(report, json_tmp, md_tmp)
@@ -432,6 +463,7 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
         "report_md": outputs.report_md,
     }
     properties = {f"spex:{k}": v for k, v in _provenance(plan).items()}
+    properties |= description_properties(report)
     item = build_item(
         outputs.mask.stem,
         outputs.mask,
@@ -443,10 +475,12 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     atomic_write_text(
         outputs.stac, json.dumps(item.to_dict(include_self_link=False), indent=2, sort_keys=True)
     )
-    atomic_write_text(
-        plan.done_record,
-        json.dumps({"fingerprint": plan.fingerprint, "outputs": outputs.summary()}, indent=2),
-    )
+    record = {
+        "fingerprint": plan.fingerprint,
+        "describe": plan.settings.describe,
+        "outputs": outputs.summary(),
+    }
+    atomic_write_text(plan.done_record, json.dumps(record, indent=2))
     return outputs.summary()
 
 

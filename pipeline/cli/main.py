@@ -190,6 +190,14 @@ def extract(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if any).")
     ] = None,
+    describe: Annotated[
+        bool,
+        typer.Option(
+            "--describe/--no-describe",
+            help="Per-tile descriptions, checked against the mask, in the report (default) / "
+            "none (same mask; skips the text-only work).",
+        ),
+    ] = True,
 ) -> None:
     """Extract TARGET from whole scenes into COG, STAC, quicklook and report files.
 
@@ -210,6 +218,7 @@ def extract(
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
         device=device,
         force=force,
+        describe=describe,
     )
     for scene in scenes:
         with tqdm(desc=scene.name, unit="tile", file=sys.stderr, disable=None) as bar:

@@ -7,7 +7,9 @@ Pluggable through :class:`ResponseWriter` (a ``name`` and a ``write`` method):
   largest regions' size class, location, bounding box and shape, the spectral contrast),
   with phrasing drawn from a ``random.Random`` seeded by (seed, sample key, attempt).
   Every sentence is filled from a measured fact, so every statement is true of the
-  sample; the phrasing varies so a model does not learn one fixed sentence.
+  sample (and :mod:`pipeline.truthfulness` can check each one); the phrasing varies so
+  a model does not learn one fixed sentence, and the sentences come in order of
+  importance so that a short token budget keeps whole, informative sentences.
 * :class:`HttpWriter`: asks a user's OpenAI-compatible multimodal LLM, as the SPEX paper
   does with its auxiliary instructions: the request carries an *auxiliary* system
   instruction (not the training instruction) plus the verified attributes and an RGB
@@ -90,8 +92,13 @@ def _count(n: int, rng: random.Random) -> str:
     return NUMBER_WORDS[n] if n <= 10 and rng.random() < 0.5 else str(n)
 
 
-def _percent(share: float) -> str:
-    return "less than 1%" if 0 < share < 0.01 else f"about {round(100 * share)}%"
+def percent_phrase(share: float) -> str:
+    """'less than 1%', 'about 7%' (whole points below 10 %), 'about 35%' (steps of 5
+    above): coarse enough to learn, always within the check's 3-point tolerance."""
+    if 0 < share < 0.01:
+        return "less than 1%"
+    pct = 100 * share
+    return f"about {round(pct) if pct < 10 else 5 * round(pct / 5)}%"
 
 
 def _article(word: str) -> str:
@@ -103,12 +110,24 @@ def _box(r: RegionFact) -> str:
     return f"({x0:.2f}, {y0:.2f}) to ({x1:.2f}, {y1:.2f})"
 
 
+def _listing(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 @dataclass(frozen=True)
 class GroundedWriter:
-    """The default deterministic writer (see module docstring)."""
+    """The default deterministic writer (see module docstring).
+
+    Sentences come in order of importance, each complete and each about one thing, so
+    that any prefix of whole sentences is itself a good description: a model with a
+    short token budget learns the first two (coverage and count; the largest region's
+    size and location), a larger one the rest (the next regions, shape, bounding box,
+    spectral contrast). Every sentence has several phrasings; ``key`` and ``attempt``
+    pick one, so one patch can yield many different (all true) targets.
+    """
 
     seed: int = 0
-    name: str = "grounded-v1"
+    name: str = "grounded-v2"
 
     def write(
         self,
@@ -121,91 +140,86 @@ class GroundedWriter:
     ) -> str:
         rng = random.Random(f"{self.seed}|{key}|{attempt}")
         cat = facts.category
-        area = "patch" if facts.valid_share >= 0.999 else "labelled part of the patch"
+        area = "patch" if facts.valid_share >= 0.999 else "labelled area"
         if facts.n_regions == 0:
+            rest = f"all of the {area} is other land cover"
             return rng.choice(
                 [
-                    f"There is no {cat} in this patch; all of the {area} is other land cover.",
-                    f"No {cat} regions appear in this patch: "
-                    f"the {area} holds other land cover only.",
-                    f"The patch contains no {cat}; the {area} is covered by other classes.",
+                    f"There is no {cat} in this patch; {rest}.",
+                    f"No {cat} is present in this patch: {rest}.",
+                    f"The patch contains no {cat}; {rest}.",
                 ]
             )
-        out = []
         n = facts.n_regions
+        pct = percent_phrase(facts.positive_share)
         if n == 1:
+            regions = rng.choice(["a single region", "one region", "one single region"])
+        else:
+            word = _count(n, rng)
+            regions = rng.choice([f"{word} regions", f"{word} separate regions"])
+        out = [
+            rng.choice(
+                [
+                    f"{cat.capitalize()} covers {pct} of the {area} in {regions}.",
+                    f"{cat.capitalize()} makes up {pct} of the {area}, in {regions}.",
+                    f"In this patch, {cat} covers {pct} of the {area} in {regions}.",
+                    f"The {area} holds {regions} of {cat}, {pct} of it.",
+                ]
+            )
+        ]
+        big = facts.regions[0]
+        if n == 1:
+            lead = rng.choice(["It", "The region"])
             out.append(
                 rng.choice(
                     [
-                        f"There is a single {cat} region in this patch.",
-                        f"The patch contains one {cat} region.",
-                        f"One {cat} region is present in this patch.",
+                        f"{lead} is {big.size} and lies in the {big.location}.",
+                        f"{lead} is {big.size}, in the {big.location} part.",
+                        f"{lead} lies in the {big.location} and is {big.size}.",
                     ]
                 )
             )
         else:
-            word = _count(n, rng)
             out.append(
                 rng.choice(
                     [
-                        f"There are {word} separate {cat} regions in this patch.",
-                        f"The patch contains {word} distinct {cat} regions.",
-                        f"In this patch, {word} {cat} regions can be found.",
+                        f"The largest is {big.size} and lies in the {big.location}.",
+                        f"The largest one is {big.size}, in the {big.location} part.",
+                        f"The largest region lies in the {big.location} and is {big.size}.",
                     ]
                 )
             )
-        pct = _percent(facts.positive_share)
-        subject = "It covers" if n == 1 else "Together they cover"
-        out.append(
-            rng.choice(
-                [
-                    f"{subject} {pct} of the {area}.",
-                    f"{cat.capitalize()} makes up {pct} of the {area}.",
-                    f"In total, {cat} occupies {pct} of the {area}.",
-                ]
-            )
-        )
-        big = facts.regions[0]
-        lead = "It" if n == 1 else "The largest one"
-        out.append(
-            rng.choice(
-                [
-                    f"{lead} is {big.size} and lies in the {big.location} part of the patch, "
-                    f"with a bounding box from {_box(big)}.",
-                    f"{lead}, {big.size} in size, sits in the {big.location} area; "
-                    f"its bounding box runs from {_box(big)}.",
-                    f"{lead} is located in the {big.location} part, is {big.size}, and spans "
-                    f"{_box(big)} in normalised coordinates.",
-                ]
-            )
-        )
-        out.append(
-            rng.choice(
-                [
-                    f"Its outline is {big.shape}.",
-                    f"It has {_article(big.shape)} {big.shape} shape.",
-                    f"Its shape is {big.shape}.",
-                ]
-            )
-        )
         others = facts.regions[1:4]
         if others:
-            parts = [
-                f"{_article(r.size)} {r.size} {r.shape} one in the {r.location}" for r in others
-            ]
-            listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-            more = n - 1 - len(others)
-            tail = f", plus {_count(more, rng)} smaller ones" if more > 0 else ""
+            places = list(dict.fromkeys(f"the {r.location}" for r in others))
+            sized = [f"{_article(r.size)} {r.size} one in the {r.location}" for r in others]
             out.append(
                 rng.choice(
                     [
-                        f"The next largest are {listed}{tail}."
-                        if len(parts) > 1
-                        else f"The other one is {listed}.",
-                        f"Further regions include {listed}{tail}.",
+                        f"The next largest lie in {_listing(places)}."
+                        if len(others) > 1
+                        else f"The other one lies in {places[0]}.",
+                        f"Further regions include {_listing(sized)}.",
                     ]
                 )
             )
+        subject = "Its" if n == 1 else "The largest region's"
+        out.append(
+            rng.choice(
+                [
+                    f"{subject} outline is {big.shape}.",
+                    f"{subject} shape is {big.shape}.",
+                ]
+            )
+        )
+        out.append(
+            rng.choice(
+                [
+                    f"{subject} bounding box runs from {_box(big)}.",
+                    f"{subject} bounding box spans {_box(big)} in normalised coordinates.",
+                ]
+            )
+        )
         if facts.spectral is not None:
             s = facts.spectral
             rel = "higher" if s.inside > s.outside else "lower"
