@@ -165,6 +165,7 @@ class SpexExtractor:
         # Absolute, so a worker whose working directory differs still finds it.
         self._checkpoint = Path(checkpoint).resolve() if checkpoint is not None else None
         self._training = read_training(self._checkpoint) if self._checkpoint else None
+        self._bad_words: dict[str, list[list[int]]] = {}  # per target, see _other_target_words
         if self._checkpoint is not None and weights_sha256 is None:
             raise ValueError("an extractor tied to a checkpoint needs its weights sha256")
 
@@ -269,6 +270,11 @@ class SpexExtractor:
         describe: bool = True,
     ) -> tuple[np.ndarray, list[str]]:
         padded, content = letterbox(x, self.config.input_size)
+        bad = None
+        if self.settings.only_requested_target:
+            if target not in self._bad_words:
+                self._bad_words[target] = self._other_target_words(target)
+            bad = [self._bad_words[target]] * len(instructions)
         with autocast_for(self.device, self.use_autocast):
             pred = self.model.infer(
                 padded,
@@ -277,9 +283,32 @@ class SpexExtractor:
                 timings,
                 targets=[target] * len(instructions),
                 decode_text=describe,
+                bad_words=bad,
             )
         logits = unletterbox(pred.mask_logits.float(), content, out)
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32), pred.texts
+
+    def _other_target_words(self, target: str) -> list[list[int]]:
+        """Token sequences of the other targets' category words (as written at a
+        sentence start or inside one, singular and plural), minus any that also begin
+        the requested target's own words; categories come from catalogs/targets.yaml."""
+        from pipeline.targets import load_target, load_targets
+
+        tok = self.model.llm.tokenizer
+
+        def variants(word: str) -> list[list[int]]:
+            forms = {word, word.capitalize(), word + "s", word.capitalize() + "s"}
+            forms |= {" " + f for f in forms}
+            return [tok(f, add_special_tokens=False)["input_ids"] for f in sorted(forms)]
+
+        own = variants(load_target(target).category)
+        others = [
+            seq
+            for t in load_targets().values()
+            if t.category != load_target(target).category
+            for seq in variants(t.category)
+        ]
+        return [seq for seq in others if not any(o[: len(seq)] == seq for o in own)]
 
     def provenance(self) -> dict[str, Any]:
         if self._sha256 is None:

@@ -33,16 +33,19 @@ class GenerationSettings:
     """Decoding settings. Greedy (the default) is deterministic; sampling (:meth:`paper`)
     uses the paper's temperature 0.3 / top-p 0.9 with a seeded generator.
 
-    Two controls against the loops a small LM falls into ("In total, vegetation regions.
+    Controls against the loops a small LM falls into ("In total, vegetation regions.
     In total, vegetation regions."): ``repetition_penalty`` (CTRL style: logits of the
     tokens already generated are divided, or multiplied when negative, by it) and
     ``no_repeat_ngram_size`` (n > 0: a token that would complete an n-gram already
-    generated in this description is never chosen). Both act on the generated tokens
-    only, never on the prompt. A model's own default n comes from its configuration
-    (``SpexConfig.no_repeat_ngram_size``), so checkpoints written before it existed
-    decode exactly as before. The penalty stays off by default: templated descriptions
-    reuse "the", "in", "of" in every sentence, and penalising them bends the wording
-    away from what the model was trained to write.
+    generated in this description is never chosen); both act on the generated tokens
+    only, never on the prompt. ``only_requested_target`` keeps a description from naming
+    another target than the one asked for (a statement false by definition): the caller
+    passes, per tile, the token sequences of the other targets' names, which are then
+    never completed. A model's defaults for the last two come from its configuration
+    (``SpexConfig``), so checkpoints written before they existed decode exactly as
+    before. The penalty stays off by default: templated descriptions reuse "the", "in",
+    "of" in every sentence, and penalising them bends the wording away from what the
+    model was trained to write.
     """
 
     max_new_tokens: int = 32
@@ -51,6 +54,8 @@ class GenerationSettings:
     top_p: float = 0.9
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # Never write another target's name (the caller passes the words to avoid per tile).
+    only_requested_target: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +72,7 @@ class GenerationSettings:
         base = {
             "max_new_tokens": cfg.max_new_tokens,
             "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+            "only_requested_target": cfg.only_requested_target,
         }
         return cls(**(base | overrides))
 
@@ -292,18 +298,20 @@ class LanguageModel(nn.Module):
         timings: dict[str, float] | None = None,
         *,
         decode_text: bool = True,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> Generated:
         """Decode up to ``max_new_tokens`` with the KV cache. Every generated token
         (including the end token, or the last one when the budget runs out) is fed back
         once, which yields its final-layer hidden state for the TCP. ``decode_text``
         False skips turning the tokens into text (``texts`` are then empty strings):
-        the tokens themselves are still chosen, since the mask is decoded from them."""
+        the tokens themselves are still chosen, since the mask is decoded from them.
+        ``bad_words`` (per row, token sequences) are never completed in that row."""
         from model.timing import stage_timer
 
         with stage_timer(timings, "llm_prefill", prompt.embeds):
             logits, cache = self.prefill(prompt)
         with stage_timer(timings, "llm_generate", prompt.embeds):
-            return self._decode_loop(prompt, logits, cache, settings, decode_text)
+            return self._decode_loop(prompt, logits, cache, settings, decode_text, bad_words)
 
     def _decode_loop(
         self,
@@ -312,6 +320,7 @@ class LanguageModel(nn.Module):
         cache: Any,
         settings: GenerationSettings,
         decode_text: bool = True,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> Generated:
         device = logits.device
         b = logits.shape[0]
@@ -321,7 +330,7 @@ class LanguageModel(nn.Module):
         done = torch.zeros(b, dtype=torch.bool, device=device)
         tokens, hiddens, masks = [], [], []
         for _ in range(settings.max_new_tokens):
-            nxt = self._select(logits, tokens, settings, gen)
+            nxt = self._select(logits, tokens, settings, gen, bad_words)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             masks.append(~done)
             tokens.append(nxt)
@@ -349,6 +358,7 @@ class LanguageModel(nn.Module):
         previous: list[torch.Tensor],
         s: GenerationSettings,
         gen: torch.Generator,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> torch.Tensor:
         """Next token: repetition penalty (CTRL style) on already generated ids, n-gram
         blocking, then greedy, or temperature + nucleus sampling with the seeded
@@ -363,6 +373,11 @@ class LanguageModel(nn.Module):
         if n and len(previous) >= n:
             history = torch.stack(previous, dim=1).tolist()
             for row, banned in enumerate(banned_ngram_tokens(history, n)):
+                if banned:
+                    logits[row, banned] = float("-inf")
+        if bad_words:
+            history = torch.stack(previous, dim=1).tolist() if previous else [[]] * len(logits)
+            for row, banned in enumerate(bad_word_tokens(history, bad_words)):
                 if banned:
                     logits[row, banned] = float("-inf")
         if not s.do_sample:
@@ -388,6 +403,19 @@ def banned_ngram_tokens(history: list[list[int]], n: int) -> list[list[int]]:
         prefix = tuple(ids[len(ids) - n + 1 :])
         banned = {
             ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix
+        }
+        out.append(sorted(banned))
+    return out
+
+
+def bad_word_tokens(history: list[list[int]], bad_words: list[list[list[int]]]) -> list[list[int]]:
+    """Per row, the tokens that would complete one of that row's ``bad_words`` (token
+    sequences) given the ``history`` generated so far: a one-token word is always
+    banned, a longer one only right after its first tokens."""
+    out: list[list[int]] = []
+    for ids, words in zip(history, bad_words, strict=True):
+        banned = {
+            w[-1] for w in words if w and (len(w) == 1 or ids[len(ids) - len(w) + 1 :] == w[:-1])
         }
         out.append(sorted(banned))
     return out

@@ -12,7 +12,10 @@ A description is split into sentences; each sentence yields the checkable *state
 * ``category``: naming another target's category word ("vegetation" in a water
   description) is a false statement about what was extracted;
 * ``count``: "<n> [separate|distinct] [<category>] regions/areas/patches/..." must equal
-  the number of connected regions;
+  the number of connected regions; the words "a few" / "several" / "many" must fall in
+  their ranges (:data:`COUNT_WORDS`);
+* ``coverage``: "<coverage words> of the patch" ("most", "a small part", ...) must fit
+  the target's share of the valid pixels (:data:`COVERAGE_WORDS`);
 * ``absence``: "no <category>" / "contains no" / "absent" is true iff there is none;
 * ``percent``: every "<x>%" must lie within :data:`PERCENT_TOLERANCE` points of a
   measured share (the target's share of the valid pixels, a listed region's share of
@@ -29,9 +32,10 @@ A description is split into sentences; each sentence yields the checkable *state
 A sentence with no checkable claim is one *unverifiable* statement. The description's
 score is the share of true statements among the checkable ones (None when there is
 none). Two description-level properties are reported beside it: whether the requested
-target is named, and which sentences are repeated (a repeated sentence is a defect of
-the text, not a statement about the image). A description *passes* when it names the
-target, repeats no sentence, makes at least one checkable statement and none is false.
+target is named, and what is repeated (a sentence said twice, or a phrase of 8 words
+said twice: a defect of the text, not a statement about the image). A description
+*passes* when it names the target, repeats nothing, makes at least one checkable
+statement and none is false.
 """
 
 from __future__ import annotations
@@ -66,6 +70,27 @@ PERCENT_TOLERANCE = 3.0
 BBOX_TOLERANCE = 0.05
 #: Index (or reflectance) units between a stated and a measured spectral mean.
 SPECTRAL_TOLERANCE = 0.05
+#: Words in a phrase that, said twice, makes a repetition even inside one sentence.
+REPEATED_PHRASE_WORDS = 8
+
+#: Coverage in words: phrase -> (lowest share it is written for, share range in which it
+#: is true). The writing bins are disjoint; the truth ranges are wider, as the percent
+#: rule's 3-point tolerance is, and nested where the words are ("most" is true of almost
+#: all), so a description at the precision a small model can deliver is checkable.
+COVERAGE_WORDS: dict[str, tuple[float, tuple[float, float]]] = {
+    "almost all": (0.9, (0.85, 1.0)),
+    "most": (0.6, (0.5, 1.0)),
+    "about half": (0.4, (0.35, 0.65)),
+    "about a third": (0.25, (0.2, 0.45)),
+    "a small part": (0.1, (0.05, 0.3)),
+    "a tiny part": (0.0, (1e-9, 0.12)),
+}
+#: Region counts in words: phrase -> (lowest count it is written for, true range).
+COUNT_WORDS: dict[str, tuple[int, tuple[int, int]]] = {
+    "many": (10, (7, 10**9)),
+    "several": (5, (3, 10)),
+    "a few": (3, (2, 5)),
+}
 
 NUMBER_WORDS = {
     "a single": 1,
@@ -233,19 +258,49 @@ def category_claims(sentence: str, facts: SampleFacts) -> list[Claim]:
     ]
 
 
+def coverage_phrase(share: float) -> str:
+    """The words for a target share (of the valid pixels) > 0; see COVERAGE_WORDS."""
+    return next(p for p, (lo, _) in COVERAGE_WORDS.items() if share >= lo)
+
+
+def count_phrase(n: int) -> str:
+    """'a single region', 'two regions', 'a few regions', ... for n >= 1 regions."""
+    if n == 1:
+        return "a single region"
+    if n == 2:
+        return "two regions"
+    return next(f"{p} regions" for p, (lo, _) in COUNT_WORDS.items() if n >= lo)
+
+
 def count_claims(sentence: str, facts: SampleFacts) -> list[Claim]:
     cat = re.escape(facts.category.lower())
+    fact = f"{facts.n_regions} regions"
+    words = "|".join(re.escape(w) for w in COUNT_WORDS)
     pattern = (
-        rf"\b{_NUMBER}\s+(?:separate\s+|distinct\s+|individual\s+)?(?:{cat}\w*\s+)?"
-        rf"{_REGION_NOUNS}\b"
+        rf"\b({_NUMBER[1:-1]}|{words})\s+(?:separate\s+|distinct\s+|individual\s+)?"
+        rf"(?:{cat}\w*\s+)?{_REGION_NOUNS}\b"
     )
     out = []
     for m in re.finditer(pattern, sentence.lower()):
         token = m.group(1)
-        value = int(token) if token.isdigit() else NUMBER_WORDS[token]
-        out.append(
-            Claim("count", m.group(0), value == facts.n_regions, f"{facts.n_regions} regions")
-        )
+        if token in COUNT_WORDS:
+            lo, hi = COUNT_WORDS[token][1]
+            ok = lo <= facts.n_regions <= hi
+        else:
+            ok = (int(token) if token.isdigit() else NUMBER_WORDS[token]) == facts.n_regions
+        out.append(Claim("count", m.group(0), ok, fact))
+    return out
+
+
+def coverage_claims(sentence: str, facts: SampleFacts) -> list[Claim]:
+    """'<coverage words> of the patch/labelled area/tile/image' against the share."""
+    words = "|".join(re.escape(w) for w in COVERAGE_WORDS)
+    pattern = rf"\b({words}) of the (?:patch|labelled area|tile|image)\b"
+    fact = f"{100 * facts.positive_share:.1f}% of the valid pixels"
+    out = []
+    for m in re.finditer(pattern, sentence.lower()):
+        lo, hi = COVERAGE_WORDS[m.group(1)][1]
+        out.append(Claim("coverage", m.group(1), lo <= facts.positive_share <= hi, fact))
     return out
 
 
@@ -307,6 +362,9 @@ def _attribute_claims(
 
 
 def size_claims(sentence: str, facts: SampleFacts) -> list[Claim]:
+    # "a small part of the patch" is a coverage claim, not a size class.
+    words = "|".join(re.escape(w) for w in COVERAGE_WORDS)
+    sentence = re.sub(rf"\b(?:{words}) of the\b", " ", sentence, flags=re.IGNORECASE)
     return _attribute_claims("size", sentence, _SIZES, facts, "size")
 
 
@@ -364,6 +422,7 @@ RULES = (
     category_claims,
     absence_claims,
     count_claims,
+    coverage_claims,
     percent_claims,
     size_claims,
     location_claims,
@@ -378,20 +437,37 @@ def sentence_claims(sentence: str, facts: SampleFacts) -> tuple[Claim, ...]:
     return tuple(c for rule in RULES for c in rule(sentence, facts))
 
 
-def check_description(text: str, facts: SampleFacts) -> DescriptionCheck:
-    """Check every sentence of ``text`` against ``facts``."""
-    sentences = split_sentences(text)
+def repetitions(text: str) -> tuple[str, ...]:
+    """Sentences said twice (normalised), or, when none is, the first phrase of
+    :data:`REPEATED_PHRASE_WORDS` words said twice within one sentence (a loop that never
+    ends its sentence: "The image contains The image contains ...")."""
     seen: set[str] = set()
     repeated: list[str] = []
-    for s in sentences:
+    for s in split_sentences(text):
         key = normalise_sentence(s)
         if key in seen and key not in repeated:
             repeated.append(key)
         seen.add(key)
+    if repeated:
+        return tuple(repeated)
+    n = REPEATED_PHRASE_WORDS
+    for sentence in split_sentences(text):
+        words = re.findall(r"[a-z0-9%'.-]+", sentence.lower())
+        seen_grams: set[tuple[str, ...]] = set()
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i : i + n])
+            if gram in seen_grams:  # said again (overlapping too: a loop of a shorter period)
+                return (" ".join(gram),)
+            seen_grams.add(gram)
+    return ()
+
+
+def check_description(text: str, facts: SampleFacts) -> DescriptionCheck:
+    """Check every sentence of ``text`` against ``facts``."""
     return DescriptionCheck(
-        statements=tuple(Statement(s, sentence_claims(s, facts)) for s in sentences),
+        statements=tuple(Statement(s, sentence_claims(s, facts)) for s in split_sentences(text)),
         target_named=names_category(text, facts.category),
-        repeated=tuple(repeated),
+        repeated=repetitions(text),
     )
 
 

@@ -67,6 +67,11 @@ class TrainConfig:
     targets: tuple[str, ...] | None = None
     # The SPEX checkpoint stage 2 starts from (None: this run's own stage-1 checkpoint).
     init_from: str | None = None
+    # Text data of stages 1 and 2 (model.training.data.text_rows): the splits trained on
+    # (a leave-one-scene-out run may take every split of the other scenes), and whether
+    # each target's samples are repeated up to the most frequent target's count.
+    text_splits: tuple[str, ...] = ("train",)
+    balance_targets: bool = False
     seed: int = 0
     threads: int = 1
     response_tokens: int | None = 32

@@ -139,4 +139,3 @@ def eval_command(
     bar.close()
     typer.echo(iou_table(result["rows"]))
     typer.echo(json.dumps({"paths": result["paths"], "goal": result["goal"]}))
-

@@ -22,6 +22,7 @@ import base64
 import io
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +32,7 @@ from PIL import Image
 
 from pipeline.spie.facts import RegionFact, SampleFacts
 from pipeline.spie.llm_client import ChatClient
+from pipeline.truthfulness import count_phrase, coverage_phrase
 
 __all__ = [
     "AUXILIARY_INSTRUCTION",
@@ -118,16 +120,18 @@ def _listing(items: Sequence[str]) -> str:
 class GroundedWriter:
     """The default deterministic writer (see module docstring).
 
-    Sentences come in order of importance, each complete and each about one thing, so
-    that any prefix of whole sentences is itself a good description: a model with a
-    short token budget learns the first two (coverage and count; the largest region's
-    size and location), a larger one the rest (the next regions, shape, bounding box,
-    spectral contrast). Every sentence has several phrasings; ``key`` and ``attempt``
-    pick one, so one patch can yield many different (all true) targets.
+    Sentences come in order of importance, each complete, so that any prefix of whole
+    sentences is itself a good description. The first two speak the coarse, checkable
+    vocabulary of :mod:`pipeline.truthfulness` (coverage and count in words, the largest
+    region's size class and location) and start with the target's name: a model with a
+    short token budget learns these; the rest (the next regions, the exact share and
+    count, shape, bounding box, spectral contrast) serve longer budgets. Every sentence
+    has several phrasings; ``key`` and ``attempt`` pick one, so one patch yields many
+    different (all true) targets.
     """
 
     seed: int = 0
-    name: str = "grounded-v2"
+    name: str = "grounded-v3"
 
     def write(
         self,
@@ -151,48 +155,37 @@ class GroundedWriter:
                 ]
             )
         n = facts.n_regions
-        pct = percent_phrase(facts.positive_share)
-        if n == 1:
-            regions = rng.choice(["a single region", "one region", "one single region"])
-        else:
-            word = _count(n, rng)
-            regions = rng.choice([f"{word} regions", f"{word} separate regions"])
+        cover = coverage_phrase(facts.positive_share)
+        regions = count_phrase(n)
         out = [
             rng.choice(
                 [
-                    f"{cat.capitalize()} covers {pct} of the {area} in {regions}.",
-                    f"{cat.capitalize()} makes up {pct} of the {area}, in {regions}.",
-                    f"In this patch, {cat} covers {pct} of the {area} in {regions}.",
-                    f"The {area} holds {regions} of {cat}, {pct} of it.",
+                    f"{cat.capitalize()} covers {cover} of the {area}, in {regions}.",
+                    f"{cat.capitalize()} makes up {cover} of the {area}, in {regions}.",
+                    f"{cat.capitalize()} fills {cover} of the {area}, in {regions}.",
                 ]
             )
         ]
         big = facts.regions[0]
-        if n == 1:
-            lead = rng.choice(["It", "The region"])
-            out.append(
-                rng.choice(
-                    [
-                        f"{lead} is {big.size} and lies in the {big.location}.",
-                        f"{lead} is {big.size}, in the {big.location} part.",
-                        f"{lead} lies in the {big.location} and is {big.size}.",
-                    ]
-                )
+        lead = "It" if n == 1 else "The largest region"
+        out.append(
+            rng.choice(
+                [
+                    f"{lead} is {big.size} and lies in the {big.location}.",
+                    f"{lead} lies in the {big.location} and is {big.size}.",
+                ]
             )
-        else:
-            out.append(
-                rng.choice(
-                    [
-                        f"The largest is {big.size} and lies in the {big.location}.",
-                        f"The largest one is {big.size}, in the {big.location} part.",
-                        f"The largest region lies in the {big.location} and is {big.size}.",
-                    ]
-                )
-            )
+        )
         others = facts.regions[1:4]
         if others:
             places = list(dict.fromkeys(f"the {r.location}" for r in others))
-            sized = [f"{_article(r.size)} {r.size} one in the {r.location}" for r in others]
+            same = Counter((r.size, r.location) for r in others)
+            sized = [
+                f"{_article(size)} {size} one in the {where}"
+                if k == 1
+                else f"{NUMBER_WORDS[k]} {size} ones in the {where}"
+                for (size, where), k in same.items()
+            ]
             out.append(
                 rng.choice(
                     [
@@ -203,14 +196,19 @@ class GroundedWriter:
                     ]
                 )
             )
-        subject = "Its" if n == 1 else "The largest region's"
+        pct = percent_phrase(facts.positive_share)
+        count = f"{_count(n, rng)} region" + ("s" if n > 1 else "")
         out.append(
             rng.choice(
                 [
-                    f"{subject} outline is {big.shape}.",
-                    f"{subject} shape is {big.shape}.",
+                    f"In numbers: {pct} of the {area}, {count}.",
+                    f"Measured: {pct} of the {area} in {count}.",
                 ]
             )
+        )
+        subject = "Its" if n == 1 else "The largest region's"
+        out.append(
+            rng.choice([f"{subject} outline is {big.shape}.", f"{subject} shape is {big.shape}."])
         )
         out.append(
             rng.choice(
