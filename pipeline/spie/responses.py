@@ -123,11 +123,12 @@ class GroundedWriter:
     Sentences come in order of importance, each complete, so that any prefix of whole
     sentences is itself a good description. The first two speak the coarse, checkable
     vocabulary of :mod:`pipeline.truthfulness` (coverage and count in words, the largest
-    region's size class and location) and start with the target's name: a model with a
-    short token budget learns these; the rest (the next regions, the exact share and
-    count, shape, bounding box, spectral contrast) serve longer budgets. Every sentence
-    has several phrasings; ``key`` and ``attempt`` pick one, so one patch yields many
-    different (all true) targets.
+    region's size class and location), start with the target's name and have one fixed
+    phrasing: a small model with a short token budget learns these, and spends its
+    capacity on the facts rather than on synonyms (with several phrasings, the tiny LM
+    mixed them: "It lies in the center and lies in the center."). The rest (the next
+    regions, the exact share and count, shape, bounding box, spectral contrast) serve
+    longer budgets and have several phrasings each; ``key`` and ``attempt`` pick one.
     """
 
     seed: int = 0
@@ -146,36 +147,16 @@ class GroundedWriter:
         cat = facts.category
         area = "patch" if facts.valid_share >= 0.999 else "labelled area"
         if facts.n_regions == 0:
-            rest = f"all of the {area} is other land cover"
-            return rng.choice(
-                [
-                    f"There is no {cat} in this patch; {rest}.",
-                    f"No {cat} is present in this patch: {rest}.",
-                    f"The patch contains no {cat}; {rest}.",
-                ]
-            )
+            return f"There is no {cat} in this patch; all of the {area} is other land cover."
         n = facts.n_regions
         cover = coverage_phrase(facts.positive_share)
         regions = count_phrase(n)
-        out = [
-            rng.choice(
-                [
-                    f"{cat.capitalize()} covers {cover} of the {area}, in {regions}.",
-                    f"{cat.capitalize()} makes up {cover} of the {area}, in {regions}.",
-                    f"{cat.capitalize()} fills {cover} of the {area}, in {regions}.",
-                ]
-            )
-        ]
         big = facts.regions[0]
         lead = "It" if n == 1 else "The largest region"
-        out.append(
-            rng.choice(
-                [
-                    f"{lead} is {big.size} and lies in the {big.location}.",
-                    f"{lead} lies in the {big.location} and is {big.size}.",
-                ]
-            )
-        )
+        out = [
+            f"{cat.capitalize()} covers {cover} of the {area}, in {regions}.",
+            f"{lead} is {big.size} and lies in the {big.location}.",
+        ]
         others = facts.regions[1:4]
         if others:
             places = list(dict.fromkeys(f"the {r.location}" for r in others))
