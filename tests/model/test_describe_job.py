@@ -64,16 +64,19 @@ def test_every_description_is_checked_against_the_final_mask(described: dict) ->
         facts = sample_facts(final[rows, cols], pixels, bands, "water")
         assert d["check"] == json.loads(json.dumps(check_description(d["text"], facts).as_dict()))
         assert d["facts"]["regions"] == facts.n_regions
-    # The brief checkpoint writes its template ("The image contains N water regions. The
-    # largest water region is ... and lies in the ... part."): it names the target every
-    # time; the share of its statements that hold is what the model reaches.
+    # The scene's figures are the sums of the tiles' checks. (The brief, smoke-level
+    # checkpoint of these tests barely writes language; what trained weights reach on
+    # scenes held out of training is measured by bench/describe.py, docs/descriptions.md.)
     truth = report["truthfulness"]
-    assert truth["descriptions"] == 16 and truth["target_named_share"] == 1.0
-    checked = truth["statements_true"] + truth["statements_false"]
-    assert checked > 0 and truth["share_true"] == pytest.approx(
-        truth["statements_true"] / checked, abs=1e-4
-    )
-    assert truth["share_true"] >= 0.25  # measured 0.xx with the seeded brief weights
+    assert truth["descriptions"] == 16
+    assert truth["statements_true"] == sum(d["check"]["true"] for d in descriptions)
+    assert truth["statements_false"] == sum(d["check"]["false"] for d in descriptions)
+    assert truth["descriptions_passed"] == sum(d["check"]["passed"] for d in descriptions)
+    named = sum(d["check"]["target_named"] for d in descriptions) / 16
+    assert truth["target_named_share"] == pytest.approx(named, abs=1e-4)
+    # tiny's decoding never names another target than the one asked for
+    claims = [c for d in descriptions for s in d["check"]["statements"] for c in s["claims"]]
+    assert not [c for c in claims if c["kind"] == "category"]
     item = json.loads(Path(str(described["stac"])).read_text())
     summary = item["properties"]["spex:descriptions"]
     assert summary["requested"] is True and summary["count"] == 16
