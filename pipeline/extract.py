@@ -11,8 +11,10 @@ workers), so both write the same bytes:
 2. :func:`run_batch` reads a batch of tiles, runs the extractor and records each tile in
    the store. It only needs the picklable :class:`ExtractionPlan`, so any worker that
    sees the same filesystem can run it.
-3. :func:`finalise` blends the store into the mask (and probability) COGs, and writes
-   the optional Zarr, the quicklook, the report and the STAC item, each atomically.
+3. :func:`finalise` blends the store into the mask (and probability) COGs, checks each
+   tile's description (when asked for: ``ExtractionSettings.describe``) against its
+   window of the final mask, and writes the optional Zarr, the quicklook, the report
+   and the STAC item, each atomically.
 
 Resume: the store records finished tiles, so rerunning the same job computes only the
 missing ones; a job whose outputs are complete is a no-op unless ``force``.
