@@ -272,9 +272,14 @@ def count_phrase(n: int) -> str:
     return next(f"{p} regions" for p, (lo, _) in COUNT_WORDS.items() if n >= lo)
 
 
+def regions_phrase(n: int) -> str:
+    """'0 regions', '1 region', '12 regions' (what the mask holds, in the report)."""
+    return f"{n} region" if n == 1 else f"{n} regions"
+
+
 def count_claims(sentence: str, facts: SampleFacts) -> list[Claim]:
     cat = re.escape(facts.category.lower())
-    fact = f"{facts.n_regions} regions"
+    fact = regions_phrase(facts.n_regions)
     words = "|".join(re.escape(w) for w in COUNT_WORDS)
     pattern = (
         rf"\b({_NUMBER[1:-1]}|{words})\s+(?:separate\s+|distinct\s+|individual\s+)?"
@@ -315,7 +320,7 @@ def says_absent(text: str, facts: SampleFacts) -> bool:
 def absence_claims(sentence: str, facts: SampleFacts) -> list[Claim]:
     if not says_absent(sentence, facts):
         return []
-    fact = "none" if facts.n_regions == 0 else f"{facts.n_regions} regions"
+    fact = "none" if facts.n_regions == 0 else regions_phrase(facts.n_regions)
     return [Claim("absence", f"no {facts.category}", facts.n_regions == 0, fact)]
 
 

@@ -27,7 +27,7 @@ import xarray as xr
 from rasterio.windows import Window
 
 from pipeline.spie.facts import SampleFacts, sample_facts
-from pipeline.truthfulness import check_description, summarise_checks
+from pipeline.truthfulness import check_description, regions_phrase, summarise_checks
 
 __all__ = ["check_descriptions", "checked_markdown", "facts_summary", "summarise_descriptions"]
 
@@ -132,7 +132,7 @@ def checked_markdown(description: Mapping[str, Any]) -> list[str]:
         where = f", the largest {largest['size']} in the {largest['location']}" if largest else ""
         lines += [
             "",
-            f"Mask in this tile: {facts['regions']} region(s), "
+            f"Mask in this tile: {regions_phrase(facts['regions'])}, "
             f"{100 * facts['target_share']:.1f} % of the valid pixels{where}.",
         ]
     return lines
