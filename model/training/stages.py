@@ -143,7 +143,7 @@ def _text_stage(
 ) -> list[dict[str, Any]]:
     sc = cfg.stage(n)
     index = SpieIndex(cfg.spie, subsets=cfg.subsets, targets=cfg.targets)
-    index.rows = text_rows(index.rows, cfg.text_splits, balance=cfg.balance_targets, seed=cfg.seed)
+    index.rows = text_rows(index.rows, cfg.text_splits, balance=sc.balance_targets, seed=cfg.seed)
     if not len(index):
         raise ValueError(
             f"{cfg.spie}: no {'/'.join(cfg.text_splits)} samples for subsets {cfg.subsets} "
