@@ -139,3 +139,4 @@ def eval_command(
     bar.close()
     typer.echo(iou_table(result["rows"]))
     typer.echo(json.dumps({"paths": result["paths"], "goal": result["goal"]}))
+
