@@ -72,7 +72,7 @@ def bench(
         + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in counts.items() if k != "total"),
         flush=True,
     )
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+    settings = GenerationSettings.for_model(cfg)
     ex = SpexExtractor(model, device=device, settings=settings, batch_size=batch)
     tiles = synthetic_batch(batch, size)
     ex.predict(tiles)  # warm-up (allocations, kernels)

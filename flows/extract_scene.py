@@ -81,6 +81,7 @@ def extract_scene(
     dask_address: str | None = None,
     max_workers: int = 2,
     device: str | None = None,
+    describe: bool = True,
 ) -> list[dict[str, str | None]]:
     """Extract ``target`` from each scene; returns the output paths of every scene.
 
@@ -90,6 +91,8 @@ def extract_scene(
     same names do; ``allow_small_scene`` runs a scene smaller than ``tile`` as one tile.
     ``resume=False`` discards finished tiles and recomputes everything. ``device``
     ('cpu', 'cuda', ...) is where a model extractor runs (default: CUDA when present).
+    ``describe=False`` leaves the tile descriptions (and their check) out of the report;
+    the masks are the same.
     """
     logger = get_run_logger()
     scenes = [scene] if isinstance(scene, str) else list(scene)
@@ -112,6 +115,7 @@ def extract_scene(
         simplify=simplify,
         device=device,
         resume=resume,
+        describe=describe,
     )
     results = []
     for path in scenes:

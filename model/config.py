@@ -93,6 +93,11 @@ class SpexConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
+    # Greedy decoding never completes an n-gram it already generated (0: off, as in
+    # checkpoints written before it existed), nor names another target than the one
+    # asked for; see model.llm.GenerationSettings.
+    no_repeat_ngram_size: int = 0
+    only_requested_target: bool = False
     # Targets with a learned SAM prompt token of their own (model/target_token.py); empty:
     # no target token (checkpoints written before it existed).
     prompt_targets: tuple[str, ...] = ()
@@ -144,13 +149,16 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 def tiny(bands: tuple[str, ...] = DEFAULT_BANDS, **overrides: Any) -> SpexConfig:
     """CPU default: a small ConvNeXt (widths 16-128), a ~1.5M-parameter Qwen2, a SAM
-    decoder of width 64 with the fine-detail path and target tokens, 128 px inputs.
+    decoder of width 64 with the fine-detail path and target tokens, 128 px inputs,
+    greedy decoding that never repeats an 8-token n-gram nor names another target.
     Trains and runs on 2 cores."""
     cfg = SpexConfig(
         name="tiny",
         bands=tuple(bands),
         prompt_targets=DEFAULT_TARGETS,
         decoder=DecoderConfig(detail_features=True),
+        no_repeat_ngram_size=8,
+        only_requested_target=True,
     )
     return replace(cfg, **overrides)
 

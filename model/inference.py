@@ -3,10 +3,13 @@
 Per batch: the checkpoint's bands are picked (and reordered) from the tile's bands, NaN
 and invalid pixels are zero-filled, each tile is resized to the model's input size with
 aspect-preserving padding, the APG builds one instruction per tile from the full tile,
-the model generates the descriptions (KV cache, token budget, greedy by default) and
-decodes one mask per tile from their hidden states, and the mask logits are cropped,
-resized back to the tile and squashed to probabilities. The APG runs per tile (its own
-Otsu threshold), as in the paper's training data, so ``fit_scene`` has nothing to do.
+the model generates the descriptions (KV cache, token budget, greedy by default, with the
+checkpoint's n-gram block) and decodes one mask per tile from their hidden states (the
+tokens are generated even when no text is wanted, ``TileBatch.describe`` False, because
+the mask comes from them; only their decoding into text is skipped), and the mask
+logits are cropped, resized back to the tile and squashed to probabilities. The APG runs
+per tile (its own Otsu threshold), as in the paper's training data, so ``fit_scene`` has
+nothing to do.
 
 Pickling: an extraction plan (and its extractor) is pickled when tile batches run as
 Prefect tasks on Dask workers, and Prefect also pickles task inputs to hash them. An
@@ -154,7 +157,7 @@ class SpexExtractor:
         self.device = pick_device(device)
         self._model: SpexModel | None = model.to(self.device).eval()
         self.config = model.config
-        self.settings = settings or GenerationSettings(max_new_tokens=self.config.max_new_tokens)
+        self.settings = settings or GenerationSettings.for_model(self.config)
         self.batch_size = batch_size
         self.instruction_fn = instruction_fn
         self.use_autocast = use_autocast
@@ -162,6 +165,7 @@ class SpexExtractor:
         # Absolute, so a worker whose working directory differs still finds it.
         self._checkpoint = Path(checkpoint).resolve() if checkpoint is not None else None
         self._training = read_training(self._checkpoint) if self._checkpoint else None
+        self._bad_words: dict[str, list[list[int]]] = {}  # per target, see _other_target_words
         if self._checkpoint is not None and weights_sha256 is None:
             raise ValueError("an extractor tied to a checkpoint needs its weights sha256")
 
@@ -246,10 +250,14 @@ class SpexExtractor:
         for start in range(0, b, self.batch_size):
             stop = min(b, start + self.batch_size)
             x = torch.from_numpy(pixels[start:stop]).to(self.device)
-            p, t = self._run(x, instructions[start:stop], batch.target, (h, w), timings)
+            p, t = self._run(
+                x, instructions[start:stop], batch.target, (h, w), timings, batch.describe
+            )
             probs[start:stop] = p
             texts.extend(t)
         probs[~batch.valid] = 0.0
+        if not batch.describe:
+            return TileResult(probability=probs, texts=(None,) * b)
         return TileResult(probability=probs, texts=tuple(texts))
 
     def _run(
@@ -259,14 +267,48 @@ class SpexExtractor:
         target: str,
         out: tuple[int, int],
         timings: dict[str, float] | None = None,
+        describe: bool = True,
     ) -> tuple[np.ndarray, list[str]]:
         padded, content = letterbox(x, self.config.input_size)
+        bad = None
+        if self.settings.only_requested_target:
+            if target not in self._bad_words:
+                self._bad_words[target] = self._other_target_words(target)
+            bad = [self._bad_words[target]] * len(instructions)
         with autocast_for(self.device, self.use_autocast):
             pred = self.model.infer(
-                padded, instructions, self.settings, timings, targets=[target] * len(instructions)
+                padded,
+                instructions,
+                self.settings,
+                timings,
+                targets=[target] * len(instructions),
+                decode_text=describe,
+                bad_words=bad,
             )
         logits = unletterbox(pred.mask_logits.float(), content, out)
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32), pred.texts
+
+    def _other_target_words(self, target: str) -> list[list[int]]:
+        """Token sequences of the other targets' category words (as written at a
+        sentence start or inside one, singular and plural), minus any that also begin
+        the requested target's own words; categories come from catalogs/targets.yaml."""
+        from pipeline.targets import load_target, load_targets
+
+        tok = self.model.llm.tokenizer
+
+        def variants(word: str) -> list[list[int]]:
+            forms = {word, word.capitalize(), word + "s", word.capitalize() + "s"}
+            forms |= {" " + f for f in forms}
+            return [tok(f, add_special_tokens=False)["input_ids"] for f in sorted(forms)]
+
+        own = variants(load_target(target).category)
+        others = [
+            seq
+            for t in load_targets().values()
+            if t.category != load_target(target).category
+            for seq in variants(t.category)
+        ]
+        return [seq for seq in others if not any(o[: len(seq)] == seq for o in own)]
 
     def provenance(self) -> dict[str, Any]:
         if self._sha256 is None:

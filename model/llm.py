@@ -30,14 +30,32 @@ IMAGE_MARKER = "<image>"
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding settings. Greedy (the default) is deterministic; sampling uses the
-    paper's temperature 0.3 / top-p 0.9 with a seeded generator."""
+    """Decoding settings. Greedy (the default) is deterministic; sampling (:meth:`paper`)
+    uses the paper's temperature 0.3 / top-p 0.9 with a seeded generator.
+
+    Controls against the loops a small LM falls into ("In total, vegetation regions.
+    In total, vegetation regions."): ``repetition_penalty`` (CTRL style: logits of the
+    tokens already generated are divided, or multiplied when negative, by it) and
+    ``no_repeat_ngram_size`` (n > 0: a token that would complete an n-gram already
+    generated in this description is never chosen); both act on the generated tokens
+    only, never on the prompt. ``only_requested_target`` keeps a description from naming
+    another target than the one asked for (a statement false by definition): the caller
+    passes, per tile, the token sequences of the other targets' names, which are then
+    never completed. A model's defaults for the last two come from its configuration
+    (``SpexConfig``), so checkpoints written before they existed decode exactly as
+    before. The penalty stays off by default: templated descriptions reuse "the", "in",
+    "of" in every sentence, and penalising them bends the wording away from what the
+    model was trained to write.
+    """
 
     max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 0.3
     top_p: float = 0.9
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    # Never write another target's name (the caller passes the words to avoid per tile).
+    only_requested_target: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +63,32 @@ class GenerationSettings:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0 or self.repetition_penalty <= 0:
             raise ValueError(f"invalid sampling settings: {self}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+
+    @classmethod
+    def for_model(cls, cfg: Any, **overrides: Any) -> GenerationSettings:
+        """Greedy with the token budget and n-gram block of a model's configuration."""
+        base = {
+            "max_new_tokens": cfg.max_new_tokens,
+            "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+            "only_requested_target": cfg.only_requested_target,
+        }
+        return cls(**(base | overrides))
+
+    @classmethod
+    def paper(cls, max_new_tokens: int = 32, seed: int = 0) -> GenerationSettings:
+        """The SPEX paper's sampling: temperature 0.3, top-p 0.9, a repetition penalty
+        (the paper names one without its value; 1.1, a common choice, is used here).
+        Seeded, so a rerun with the same seed and batch repeats itself."""
+        return cls(
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=0.3,
+            top_p=0.9,
+            repetition_penalty=1.1,
+            seed=seed,
+        )
 
 
 @dataclass
@@ -252,19 +296,31 @@ class LanguageModel(nn.Module):
         prompt: PackedPrompt,
         settings: GenerationSettings,
         timings: dict[str, float] | None = None,
+        *,
+        decode_text: bool = True,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> Generated:
         """Decode up to ``max_new_tokens`` with the KV cache. Every generated token
         (including the end token, or the last one when the budget runs out) is fed back
-        once, which yields its final-layer hidden state for the TCP."""
+        once, which yields its final-layer hidden state for the TCP. ``decode_text``
+        False skips turning the tokens into text (``texts`` are then empty strings):
+        the tokens themselves are still chosen, since the mask is decoded from them.
+        ``bad_words`` (per row, token sequences) are never completed in that row."""
         from model.timing import stage_timer
 
         with stage_timer(timings, "llm_prefill", prompt.embeds):
             logits, cache = self.prefill(prompt)
         with stage_timer(timings, "llm_generate", prompt.embeds):
-            return self._decode_loop(prompt, logits, cache, settings)
+            return self._decode_loop(prompt, logits, cache, settings, decode_text, bad_words)
 
     def _decode_loop(
-        self, prompt: PackedPrompt, logits: torch.Tensor, cache: Any, settings: GenerationSettings
+        self,
+        prompt: PackedPrompt,
+        logits: torch.Tensor,
+        cache: Any,
+        settings: GenerationSettings,
+        decode_text: bool = True,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> Generated:
         device = logits.device
         b = logits.shape[0]
@@ -274,7 +330,7 @@ class LanguageModel(nn.Module):
         done = torch.zeros(b, dtype=torch.bool, device=device)
         tokens, hiddens, masks = [], [], []
         for _ in range(settings.max_new_tokens):
-            nxt = self._select(logits, tokens, settings, gen)
+            nxt = self._select(logits, tokens, settings, gen, bad_words)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             masks.append(~done)
             tokens.append(nxt)
@@ -290,6 +346,8 @@ class LanguageModel(nn.Module):
         mask = torch.stack(masks, dim=1)
         texts = [
             self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True).strip()
+            if decode_text
+            else ""
             for row, m in zip(tok, mask, strict=True)
         ]
         return Generated(tokens=tok, hidden=torch.stack(hiddens, dim=1), mask=mask, texts=texts)
@@ -300,15 +358,28 @@ class LanguageModel(nn.Module):
         previous: list[torch.Tensor],
         s: GenerationSettings,
         gen: torch.Generator,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> torch.Tensor:
-        """Next token: repetition penalty (CTRL style) on already generated ids, then
-        greedy, or temperature + nucleus sampling with the seeded generator."""
+        """Next token: repetition penalty (CTRL style) on already generated ids, n-gram
+        blocking, then greedy, or temperature + nucleus sampling with the seeded
+        generator."""
         logits = logits.clone()
         if s.repetition_penalty != 1.0 and previous:
             seen = torch.stack(previous, dim=1)
             vals = logits.gather(1, seen)
             vals = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
             logits.scatter_(1, seen, vals)
+        n = s.no_repeat_ngram_size
+        if n and len(previous) >= n:
+            history = torch.stack(previous, dim=1).tolist()
+            for row, banned in enumerate(banned_ngram_tokens(history, n)):
+                if banned:
+                    logits[row, banned] = float("-inf")
+        if bad_words:
+            history = torch.stack(previous, dim=1).tolist() if previous else [[]] * len(logits)
+            for row, banned in enumerate(bad_word_tokens(history, bad_words)):
+                if banned:
+                    logits[row, banned] = float("-inf")
         if not s.do_sample:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / max(s.temperature, 1e-5), dim=-1)
@@ -317,3 +388,34 @@ class LanguageModel(nn.Module):
         sorted_p = torch.where(cum - sorted_p > s.top_p, torch.zeros_like(sorted_p), sorted_p)
         choice = torch.multinomial(sorted_p, 1, generator=gen)
         return order.gather(1, choice)[:, 0]
+
+
+def banned_ngram_tokens(history: list[list[int]], n: int) -> list[list[int]]:
+    """Per row, the tokens that would complete an n-gram already present in that row's
+    ``history`` (the generated ids so far): the n-gram blocking of
+    :class:`GenerationSettings`. Rows are independent; pads after a row's end never
+    matter because a finished row's choice is replaced by the pad anyway."""
+    out: list[list[int]] = []
+    for ids in history:
+        if len(ids) < n:
+            out.append([])
+            continue
+        prefix = tuple(ids[len(ids) - n + 1 :])
+        banned = {
+            ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix
+        }
+        out.append(sorted(banned))
+    return out
+
+
+def bad_word_tokens(history: list[list[int]], bad_words: list[list[list[int]]]) -> list[list[int]]:
+    """Per row, the tokens that would complete one of that row's ``bad_words`` (token
+    sequences) given the ``history`` generated so far: a one-token word is always
+    banned, a longer one only right after its first tokens."""
+    out: list[list[int]] = []
+    for ids, words in zip(history, bad_words, strict=True):
+        banned = {
+            w[-1] for w in words if w and (len(w) == 1 or ids[len(ids) - len(w) + 1 :] == w[:-1])
+        }
+        out.append(sorted(banned))
+    return out

@@ -165,16 +165,25 @@ class SpexModel(nn.Module):
         settings: GenerationSettings | None = None,
         timings: dict[str, float] | None = None,
         targets: Sequence[str] | None = None,
+        *,
+        decode_text: bool = True,
+        bad_words: list[list[list[int]]] | None = None,
     ) -> SpexPrediction:
-        """Generate the descriptions, then decode one mask per tile from them."""
+        """Generate the descriptions, then decode one mask per tile from them. With
+        ``decode_text`` False the tokens are generated all the same (the mask is decoded
+        from their hidden states, so it is identical) but not turned into text.
+        ``bad_words``: per tile, token sequences never to complete (see
+        :meth:`model.llm.LanguageModel.generate`)."""
         cfg = self.config
-        settings = settings or GenerationSettings(max_new_tokens=cfg.max_new_tokens)
+        settings = settings or GenerationSettings.for_model(cfg)
         with stage_timer(timings, "encoder", pixels):
             maps, fused = self.encode_maps(pixels)
             prompt = self.llm.pack(
                 visual_tokens(fused, cfg.visual_token_budget), instructions, cfg.system_prompt
             )
-        gen = self.llm.generate(prompt, settings, timings)
+        gen = self.llm.generate(
+            prompt, settings, timings, decode_text=decode_text, bad_words=bad_words
+        )
         with stage_timer(timings, "tcp_decoder", pixels):
             logits = self.decode_mask(maps, fused, gen.hidden, gen.mask, pixels.shape[-1], targets)
         return SpexPrediction(logits, gen.texts, gen.tokens)

@@ -1,12 +1,14 @@
 """The project's own byte-level BPE tokenizer, trained offline.
 
 Qwen2.5's tokenizer cannot be downloaded here, and a 151k-entry vocabulary would dwarf a
-tiny LM anyway. Until the SPIE instruction set exists, the tokenizer is trained on text
-this module generates deterministically: APG-style instructions (the paper's template
-with region attribute dicts) and descriptive sentences about water, vegetation and
-building regions. Byte-level BPE means any later text still encodes (no unknown token).
-The wrapper speaks ChatML, as the Qwen family does, so the prompt format is the same
-whether the tiny tokenizer or a local Qwen2.5 tokenizer is used.
+tiny LM anyway. The tokenizer is trained on text this module generates deterministically:
+APG-style instructions (the paper's template with region attribute dicts), descriptive
+sentences about water, vegetation and building regions, and the SPIE grounded writer's
+responses to random facts, so that the descriptions SPEX learns to write take few
+tokens (every generated token costs a decoding step). Byte-level BPE means any later
+text still encodes (no unknown token). The wrapper speaks ChatML, as the Qwen family
+does, so the prompt format is the same whether the tiny tokenizer or a local Qwen2.5
+tokenizer is used.
 """
 
 from __future__ import annotations
@@ -74,12 +76,51 @@ def _attr_dict(rng: random.Random) -> str:
     )
 
 
+def _random_facts(rng: random.Random, category: str):
+    """Plausible facts of one patch, for the grounded writer's phrasing (imported lazily:
+    the tokenizer is needed without the data-set code only when training here)."""
+    from pipeline.spie.facts import RegionFact, SampleFacts, SpectralContrast
+
+    n = rng.choice([0, 0, 1, 1, 1, 2, 2, 3, 4, 5, 7, 9, 12, 18, 25, 40])
+    regions = []
+    for _ in range(min(n, 10)):
+        x0, y0 = round(rng.random() * 0.8, 2), round(rng.random() * 0.8, 2)
+        x1, y1 = round(x0 + rng.random() * (1 - x0), 2), round(y0 + rng.random() * (1 - y0), 2)
+        regions.append(
+            RegionFact(
+                size=rng.choice(SIZES),
+                location=rng.choice(LOCATIONS),
+                centroid=((x0 + x1) / 2, (y0 + y1) / 2),
+                bbox=(x0, y0, x1, y1),
+                area_ratio=rng.random() * 0.5,
+                shape=rng.choice(("elongated", "compact", "irregular")),
+            )
+        )
+    index = {"water": "NDWI", "vegetation": "NDVI", "building": "NDBI"}[category]
+    return SampleFacts(
+        target=category,
+        category=category,
+        n_regions=n,
+        regions=tuple(regions),
+        positive_share=rng.random() if n else 0.0,
+        valid_share=rng.choice([1.0, 1.0, rng.random()]),
+        positive_px=n,
+        spectral=SpectralContrast(index, rng.uniform(-0.6, 0.8), rng.uniform(-0.6, 0.8))
+        if n and rng.random() < 0.8
+        else None,
+    )
+
+
 def synthetic_corpus(n: int = 600, seed: int = 0) -> list[str]:
-    """Deterministic APG-style instructions and region descriptions (training text for
-    the tokenizer until the SPIE data set exists)."""
+    """Deterministic training text for the tokenizer: APG-style instructions, free
+    region sentences, and the grounded writer's responses to random facts (the phrasing
+    SPEX is trained to produce, so its descriptions take few tokens)."""
+    from pipeline.spie.responses import GroundedWriter
+
     rng = random.Random(seed)
+    writer = GroundedWriter(seed=seed)
     lines: list[str] = []
-    for _ in range(n):
+    for i in range(n):
         category = rng.choice(CATEGORIES)
         regions = ", ".join(_attr_dict(rng) for _ in range(rng.randint(0, 3)))
         lines.append(INSTRUCTION.format(category=category, prompt=f"[{regions}]"))
@@ -92,6 +133,7 @@ def synthetic_corpus(n: int = 600, seed: int = 0) -> list[str]:
                 location2=rng.choice(LOCATIONS),
             )
         )
+        lines.append(writer.write(_random_facts(rng, category), key=f"corpus|{i}"))
     return lines
 
 

@@ -13,8 +13,10 @@ workers), so both write the same bytes:
 2. :func:`run_batch` reads a batch of tiles, runs the extractor and records each tile in
    the store. It only needs the picklable :class:`ExtractionPlan`, so any worker that
    sees the same filesystem can run it.
-3. :func:`finalise` blends the store into the mask (and probability) COGs, and writes
-   the optional Zarr and polygons, the quicklook, the report and the STAC item.
+3. :func:`finalise` blends the store into the mask (and probability) COGs, checks each
+   tile's description (when asked for: ``ExtractionSettings.describe``) against its
+   window of the final mask, and writes the optional Zarr and polygons, the quicklook,
+   the report and the STAC item.
 
 Resume: the store records finished tiles, so rerunning the same job computes only the
 missing ones; a job whose outputs are complete is a no-op unless ``force``.
@@ -60,6 +62,7 @@ from pipeline.outputs.atomic import (
     fsync_dir,
 )
 from pipeline.outputs.cog import MASK_NODATA, BandStyle, pam_sidecar, write_class_names
+from pipeline.outputs.descriptions import check_descriptions
 from pipeline.outputs.quicklook import (
     DEFAULT_OVERLAY,
     NODATA_COLOUR,
@@ -69,7 +72,7 @@ from pipeline.outputs.quicklook import (
 )
 from pipeline.outputs.report import build_report, write_report
 from pipeline.outputs.space import is_storage_error, probe_storage, storage_error
-from pipeline.outputs.stac import build_item, validate_item
+from pipeline.outputs.stac import build_item, description_properties, validate_item
 from pipeline.product import ProductIdentity, identify_product, is_stac_item, stac_identity
 from pipeline.scene import (
     check_path,
@@ -143,6 +146,8 @@ class ExtractionSettings:
     force: bool = False
     #: Polygon simplification tolerance in the mask CRS's units (0: exact pixel edges).
     simplify: float = 0.0
+    #: Descriptions per tile, checked against the final mask (extractors that write text).
+    describe: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -250,11 +255,26 @@ class ExtractionPlan:
     product: dict[str, Any] = field(default_factory=dict)
 
     def pending_batches(self) -> list[tuple[Tile, ...]]:
-        """Tile batches still to compute (all of them on a fresh job)."""
+        """Tile batches still to compute (all of them on a fresh job). When descriptions
+        are asked for, a tile finished by an earlier run without them is pending too
+        (its probabilities come out the same, and its text is written this time)."""
         if self.done:
             return []
         store = TileStore.open(self.store_path, self.fingerprint)
-        return self.grid.batches(self.settings.batch_size, skip=store.finished())
+        finished = set(store.finished())
+        if self.settings.describe:
+            finished &= self.described_tiles()
+        return self.grid.batches(self.settings.batch_size, skip=finished)
+
+    @property
+    def texts_dir(self) -> Path:
+        """One ``<tile index>.json`` per tile computed with descriptions asked for."""
+        return self.store_path / "texts"
+
+    def described_tiles(self) -> set[int]:
+        if not self.texts_dir.is_dir():
+            return set()
+        return {int(p.stem) for p in self.texts_dir.glob("*.json") if p.stem.isdigit()}
 
     @property
     def done_record(self) -> Path:
@@ -626,7 +646,9 @@ def _is_done(plan: ExtractionPlan) -> bool:
     if not plan.done_record.is_file() or not plan.outputs.all_exist():
         return False
     record = json.loads(plan.done_record.read_text())
-    return record.get("fingerprint") == plan.fingerprint
+    # A finished job with or without descriptions is a different report, same masks.
+    describe = record.get("describe", True)
+    return record.get("fingerprint") == plan.fingerprint and describe == plan.settings.describe
 
 
 def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
@@ -643,21 +665,27 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
         bands=bands,
         target=plan.settings.target,
         sensor=scene.attrs.get("sensor"),
+        describe=plan.settings.describe,
     )
     result = plan.extractor.predict(batch)
-    texts_dir = plan.store_path / "texts"
+    texts_dir = plan.texts_dir
     # Shared: batches of one job write disjoint slots; planning and finalising wait.
     with output_lock(plan.outputs.mask.parent, plan.outputs.mask.stem, mode="shared"):
         try:
-            for tile, text in zip(tiles, result.texts, strict=True):
-                if text is not None:
-                    texts_dir.mkdir(exist_ok=True)
-                    atomic_write_text(
-                        texts_dir / f"{tile.index}.json",
-                        json.dumps(
-                            {"tile": tile.key, "row": tile.row, "col": tile.col, "text": text}
-                        ),
-                    )
+            if plan.settings.describe:
+                # A record per tile, text or not (an index extractor writes none), so a
+                # resumed job knows which tiles were computed with descriptions asked for.
+                texts_dir.mkdir(exist_ok=True)
+                for tile, text in zip(tiles, result.texts, strict=True):
+                    record = {
+                        "tile": tile.key,
+                        "row": tile.row,
+                        "col": tile.col,
+                        "height": tile.height,
+                        "width": tile.width,
+                        "text": text,
+                    }
+                    atomic_write_text(texts_dir / f"{tile.index}.json", json.dumps(record))
             store.write_batch(tiles, result.probability, valid)
         except (OSError, SpexInputError) as exc:
             if not is_storage_error(exc):
@@ -715,12 +743,14 @@ def _acquired(plan: ExtractionPlan) -> datetime:
     return datetime.fromtimestamp(int(mtime), tz=UTC)
 
 
-def _descriptions(plan: ExtractionPlan) -> list[dict[str, Any]]:
-    texts_dir = plan.store_path / "texts"
-    if not texts_dir.is_dir():
+def _descriptions(plan: ExtractionPlan, scene: xr.DataArray, mask: Path) -> list[dict[str, Any]]:
+    """The tiles' texts, each checked against the finished ``mask`` (none without
+    ``describe``: the text-only work is skipped)."""
+    if not plan.settings.describe or not plan.texts_dir.is_dir():
         return []
-    records = [json.loads(p.read_text()) for p in texts_dir.glob("*.json")]
-    return sorted(records, key=lambda r: (r["row"], r["col"]))
+    records = [json.loads(p.read_text()) for p in plan.texts_dir.glob("*.json")]
+    records = sorted((r for r in records if r.get("text")), key=lambda r: (r["row"], r["col"]))
+    return check_descriptions(records, mask, scene, plan.settings.target)
 
 
 def finalise(plan: ExtractionPlan) -> dict[str, str | None]:
@@ -786,7 +816,7 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
         if outputs.zarr is not None:
             current, what = outputs.zarr, "the Zarr copy"
             _write_zarr(staged(outputs.zarr), staged(outputs.mask), plan)
-        descriptions = _descriptions(plan)
+        descriptions = _descriptions(plan, scene, staged(outputs.mask))
         what = "the polygons"
         for current in (p for p in (outputs.gpkg, outputs.parquet) if p is not None):
             _write_polygons(plan, store, staged, current, descriptions)
@@ -799,11 +829,12 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
             scene_name=plan.scene_name,
             provenance=_provenance(plan),
             descriptions=descriptions,
+            descriptions_requested=plan.settings.describe,
             mask_name=outputs.mask.name,
         )
         write_report(report, staged(outputs.report), staged(outputs.report_md))
         current, what = outputs.stac, "the STAC item"
-        _write_stac(plan, staged)
+        _write_stac(plan, staged, report)
         current, what = outputs.mask, "renaming the outputs into place"
         _commit(plan, staged)
     except Exception as exc:
@@ -820,7 +851,9 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
     return outputs.summary()
 
 
-def _write_stac(plan: ExtractionPlan, staged: Callable[[Path], Path]) -> None:
+def _write_stac(
+    plan: ExtractionPlan, staged: Callable[[Path], Path], report: dict[str, Any]
+) -> None:
     """The STAC item over the staged files (names, sizes and checksums are final)."""
     outputs = plan.outputs
     keys = {
@@ -835,6 +868,7 @@ def _write_stac(plan: ExtractionPlan, staged: Callable[[Path], Path]) -> None:
     }
     assets = {key: staged(path) for key, path in keys.items() if path is not None}
     properties = {f"spex:{k}": v for k, v in _provenance(plan).items()}
+    properties |= description_properties(report)
     item = build_item(
         outputs.mask.stem,
         staged(outputs.mask),
@@ -861,10 +895,12 @@ def _commit(plan: ExtractionPlan, staged: Callable[[Path], Path]) -> None:
                 os.fsync(handle.fileno())
             os.replace(source, final)
     fsync_dir(plan.outputs.mask.parent)
-    atomic_write_text(
-        plan.done_record,
-        json.dumps({"fingerprint": plan.fingerprint, "outputs": plan.outputs.summary()}, indent=2),
-    )
+    record = {
+        "fingerprint": plan.fingerprint,
+        "describe": plan.settings.describe,
+        "outputs": plan.outputs.summary(),
+    }
+    atomic_write_text(plan.done_record, json.dumps(record, indent=2))
 
 
 def _write_polygons(

@@ -24,6 +24,9 @@ class TileBatch:
     bands: canonical band codes, one per channel (B, G, R, N, S1, ...).
     target: 'water', 'vegetation' or 'building'.
     sensor: sensor catalog name, or None when unknown.
+    describe: whether descriptions are wanted; an extractor that writes text skips the
+    work that only the text needs when False (and returns None texts), never the work
+    its probabilities depend on.
     """
 
     pixels: np.ndarray
@@ -31,6 +34,7 @@ class TileBatch:
     bands: tuple[str, ...]
     target: str
     sensor: str | None = None
+    describe: bool = True
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 4:

@@ -282,3 +282,90 @@ def test_bad_inputs_are_refused(sample_mask, tmp_path: Path) -> None:
         build_report(path, descriptions=[{"tile_id": "t", "text": "x"}], **kw)
     with pytest.raises(SpexInputError, match="not JSON"):
         build_report(path, target="water", scene_name="x", provenance={"bad": object()})
+
+
+def test_narrative_is_built_from_the_mask_and_says_where(sample_mask) -> None:
+    path, mask = sample_mask
+    report = build_report(path, target="vegetation", scene_name="gewata-crop", provenance={})
+    tot, big = report["totals"], report["regions"][0]
+    # the 3 x 3 distribution, independently: target pixels per ninth (uniform pixel area)
+    h, w = mask.shape
+    cuts_r, cuts_c = [0, h // 3, 2 * h // 3, h], [0, w // 3, 2 * w // 3, w]
+    counts = np.array(
+        [
+            [
+                (mask[cuts_r[i] : cuts_r[i + 1], cuts_c[j] : cuts_c[j + 1]] == 1).sum()
+                for j in range(3)
+            ]
+            for i in range(3)
+        ]
+    )
+    shares = counts / counts.sum()
+    assert report["distribution"]["top-left"] == pytest.approx(shares[0, 0], abs=1e-6)
+    assert report["distribution"]["bottom-right"] == pytest.approx(shares[2, 2], abs=1e-6)
+    text = report["narrative"]
+    assert text.startswith(
+        f"Vegetation covers {100 * tot['target_share_of_valid']:.1f} % of the scene's valid area"
+    )
+    assert f"in {tot['regions']:,} separate regions." in text
+    assert f"lies in the {big['location']} of the scene" in text
+    assert f"{100 * tot['nodata_share']:.1f} % of the scene is nodata" in text
+    md = report_to_markdown(report)
+    assert md.index("## The scene in words") < md.index("## Descriptions") < md.index("## Summary")
+    assert text in md
+    again = build_report(path, target="vegetation", scene_name="gewata-crop", provenance={})
+    assert again["narrative"] == text  # deterministic
+
+
+def test_narrative_of_an_empty_mask(sample_mask, tmp_path: Path) -> None:
+    path, mask = sample_mask
+    with rasterio.open(path) as src:
+        crs, transform = src.crs, src.transform
+    empty = np.where(mask == 255, 255, 0).astype(np.uint8)
+    report = build_report(
+        _write(tmp_path / "empty.tif", empty, crs, transform),
+        target="water",
+        scene_name="empty",
+        provenance={},
+    )
+    assert report["narrative"].startswith("No water was extracted: all ")
+    assert report["distribution"] == {} and report["truthfulness"] is None
+
+
+def test_checked_descriptions_are_flagged_in_the_report(sample_mask, samples: Path) -> None:
+    """Texts checked against windows of a real mask with the real pixels: a true and a
+    false description, then the report's summary and Markdown flags."""
+    from pipeline.outputs.descriptions import check_descriptions
+    from pipeline.scene import open_scene
+
+    path, mask = sample_mask
+    scene = open_scene(str(samples / "landsat_gewata_crop.tif"), sensor="landsat-tm")
+    window = mask[0:100, 100:200]
+    share = (window == 1).sum() / (window != 255).sum()
+    true_text = f"Vegetation covers about {round(100 * share)}% of the patch."
+    records = [
+        {"tile": "a", "row": 0, "col": 100, "height": 100, "width": 100, "text": true_text},
+        {"tile": "b", "row": 100, "col": 0, "height": 100, "width": 100,
+         "text": "There is no vegetation in this patch. The rest is water."},
+    ]  # fmt: skip
+    checked = check_descriptions(records, path, scene, "vegetation")
+    assert checked[0]["check"]["passed"] and checked[0]["check"]["score"] == 1.0
+    assert not checked[1]["check"]["passed"]
+    verdicts = [s["verdict"] for s in checked[1]["check"]["statements"]]
+    assert verdicts == ["false", "false"]  # vegetation is there; 'water' is not the target
+    assert checked[1]["facts"]["regions"] > 0
+    report = build_report(
+        path, target="vegetation", scene_name="g", provenance={}, descriptions=checked
+    )
+    truth = report["truthfulness"]
+    assert (truth["statements_true"], truth["statements_false"]) == (1, 2)
+    assert truth["descriptions_passed"] == 1 and truth["share_true"] == pytest.approx(1 / 3, 1e-3)
+    md = report_to_markdown(report)
+    assert "**1 of 3 checkable statements are true (33.33 %)**" in md
+    assert "**Check: passed**" in md and "**Check: FAILED**" in md
+    assert "> [FALSE: absence 'no vegetation', mask: " in md
+    assert f"> [true] {true_text}" in md
+    off = build_report(
+        path, target="vegetation", scene_name="g", provenance={}, descriptions_requested=False
+    )
+    assert "Descriptions were not requested (`--no-describe`)." in report_to_markdown(off)

@@ -158,7 +158,7 @@ def test_simplification_keeps_shapes_within_the_tolerance(
 )
 def test_spex_descriptions_reach_the_polygons(tmp_path: Path, monkeypatch) -> None:
     """With the shipped SPEX, each polygon carries the description of its centroid's tile
-    (and no truthfulness score until the extractor gives one)."""
+    and that description's truthfulness score, checked against the mask."""
     monkeypatch.setenv("SPEX_MODEL_REGISTRY", str(tmp_path / "empty-registry"))
     settings = ExtractionSettings(
         target="water", model="default", tile=384, overlap=32, batch_size=4, formats=("gpkg",)
@@ -167,11 +167,16 @@ def test_spex_descriptions_reach_the_polygons(tmp_path: Path, monkeypatch) -> No
     polygons = gpd.read_file(paths["gpkg"])
     report = json.loads(Path(paths["report"]).read_text())
     texts = {d["tile_id"]: d["text"] for d in report["descriptions"]}
+    scores = {d["tile_id"]: d.get("check", {}).get("score") for d in report["descriptions"]}
     assert len(polygons) > 0 and texts
-    for tile, text in zip(polygons["tile"], polygons["description"], strict=True):
+    for tile, text, score in zip(
+        polygons["tile"], polygons["description"], polygons["truthfulness"], strict=True
+    ):
         assert text == texts.get(tile)
+        expected = scores.get(tile)
+        assert (np.isnan(score) and expected is None) or score == pytest.approx(expected)
     assert polygons["description"].notna().any()
-    assert polygons["truthfulness"].isna().all()
+    assert polygons["truthfulness"].between(0.0, 1.0).any()
 
 
 def test_cli_refuses_a_negative_tolerance_cleanly(tmp_path: Path) -> None:

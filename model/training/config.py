@@ -50,6 +50,9 @@ class StageConfig:
     warmup_steps: int = 10
     max_steps_per_epoch: int | None = None
     llm: str = "lora"
+    # Stages 1 and 2: repeat each target's samples up to the most frequent target's count
+    # (model.training.data.text_rows), so the language side learns the rare targets too.
+    balance_targets: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class TrainConfig:
     targets: tuple[str, ...] | None = None
     # The SPEX checkpoint stage 2 starts from (None: this run's own stage-1 checkpoint).
     init_from: str | None = None
+    # The splits stages 1 and 2 train on (model.training.data.text_rows): a
+    # leave-one-scene-out run may take every split of the other scenes.
+    text_splits: tuple[str, ...] = ("train",)
     seed: int = 0
     threads: int = 1
     response_tokens: int | None = 32

@@ -278,9 +278,15 @@ class TextBatch:
 
 
 def regenerate_text(
-    row: dict[str, Any], image: np.ndarray, mask: np.ndarray, bands: Sequence[str]
+    row: dict[str, Any],
+    image: np.ndarray,
+    mask: np.ndarray,
+    bands: Sequence[str],
+    variant: int = 0,
 ) -> tuple[str, str]:
-    """Instruction (APG) and response (grounded writer) of an augmented patch."""
+    """Instruction (APG) and response (grounded writer) of an augmented patch. ``variant``
+    picks the writer's phrasing: the training loop passes the epoch, so every epoch
+    shows a patch with another of its (equally true) descriptions."""
     from pipeline.apg import build_instruction, run_apg
     from pipeline.errors import SpexInputError
     from pipeline.spie.facts import sample_facts
@@ -295,7 +301,7 @@ def regenerate_text(
     except SpexInputError:
         instruction = build_instruction(load_target(row["target"]).category, "[]")
     facts = sample_facts(mask, image, list(bands), row["target"])
-    response = GroundedWriter().write(facts, key=row["sample_id"])
+    response = GroundedWriter().write(facts, key=row["sample_id"], attempt=variant)
     return instruction, response
 
 
@@ -321,7 +327,7 @@ def text_batches(
                 geo, gain, offset = draw_augmentation(aug, sample_rng(seed, epoch, pos), len(have))
                 image = jitter(geo.apply(image), gain, offset)
                 mask = geo.apply(mask)
-                instruction, response = regenerate_text(row, image, mask, have)
+                instruction, response = regenerate_text(row, image, mask, have, variant=epoch)
             aligned, _ = align_bands(image, have, bands)
             x, m = to_model_input(aligned, mask, size)
             assert m is not None
@@ -335,14 +341,58 @@ def text_batches(
         yield TextBatch(torch.stack(px), ins, res, torch.where(valid, masks, 0).float(), valid, tg)
 
 
+def text_rows(
+    rows: list[dict[str, Any]], splits: Sequence[str], *, balance: bool, seed: int
+) -> list[dict[str, Any]]:
+    """The index rows stages 1 and 2 train on: those of ``splits``; with ``balance``,
+    each target's rows repeated (whole copies, then a seeded draw) up to the count of the
+    most frequent target, so a language model trained on many vegetation samples and
+    few water ones still learns to write about water."""
+    rows = [r for r in rows if r["split"] in splits]
+    if not balance or not rows:
+        return rows
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_target.setdefault(r["target"], []).append(r)
+    most = max(len(v) for v in by_target.values())
+    rng = random.Random(f"balance|{seed}")
+    out: list[dict[str, Any]] = []
+    for target in sorted(by_target):
+        group = by_target[target]
+        copies, rest = divmod(most, len(group))
+        out += group * copies + rng.sample(group, rest)
+    return out
+
+
 def truncate_responses(responses: list[str], tokenizer: Any, n_tokens: int | None) -> list[str]:
-    """Cut responses to the first ``n_tokens`` tokens: inference generates at most
+    """Cut responses to the whole sentences that fit in ``n_tokens`` tokens (the first
+    ``n_tokens`` tokens when not even one sentence fits): inference generates at most
     ``max_new_tokens`` tokens and the TCP pools over the response's hidden states, so
-    training on the same span keeps the mask branch's input alike in both passes."""
+    training on the same span keeps the mask branch's input alike in both passes, and
+    whole sentences teach the model to end its description (the end token) rather than
+    stop mid-claim. The grounded writer puts its most important sentences first."""
+    from pipeline.truthfulness import split_sentences
+
     if not n_tokens:
         return responses
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     out = []
     for text in responses:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        out.append(text if len(ids) <= n_tokens else tokenizer.decode(ids[:n_tokens]))
+        if count(text) <= n_tokens:
+            out.append(text)
+            continue
+        sentences = split_sentences(text)
+        kept = ""
+        for k in range(1, len(sentences) + 1):
+            candidate = " ".join(sentences[:k])
+            if count(candidate) > n_tokens:
+                break
+            kept = candidate
+        if not kept:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            kept = tokenizer.decode(ids[:n_tokens])
+        out.append(kept)
     return out

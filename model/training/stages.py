@@ -36,6 +36,7 @@ from model.training.data import (
     SpieIndex,
     seg_batches,
     text_batches,
+    text_rows,
     truncate_responses,
 )
 from model.training.loop import EpochCallback, Stage, StepCallback, load_state, run_stage
@@ -141,10 +142,12 @@ def _text_stage(
     with_masks: bool,
 ) -> list[dict[str, Any]]:
     sc = cfg.stage(n)
-    index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets, targets=cfg.targets)
+    index = SpieIndex(cfg.spie, subsets=cfg.subsets, targets=cfg.targets)
+    index.rows = text_rows(index.rows, cfg.text_splits, balance=sc.balance_targets, seed=cfg.seed)
     if not len(index):
         raise ValueError(
-            f"{cfg.spie}: no train samples for subsets {cfg.subsets} and targets {cfg.targets}"
+            f"{cfg.spie}: no {'/'.join(cfg.text_splits)} samples for subsets {cfg.subsets} "
+            f"and targets {cfg.targets}"
         )
     tok = model.llm.tokenizer
 

@@ -316,6 +316,14 @@ def extract(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if any).")
     ] = None,
+    describe: Annotated[
+        bool,
+        typer.Option(
+            "--describe/--no-describe",
+            help="Per-tile descriptions, checked against the mask, in the report (default) / "
+            "none (same mask; skips the text-only work).",
+        ),
+    ] = True,
 ) -> None:
     """Extract TARGET from whole scenes into COG, STAC, quicklook and report files.
 
@@ -381,6 +389,7 @@ def extraction_options(params: dict[str, Any]) -> tuple[list[Path], Path, Extrac
         device=params["device"],
         force=params["force"],
         simplify=params["simplify"],
+        describe=params["describe"],
     )
     return list(params["scenes"]), Path(params["out"]), settings
 

@@ -138,6 +138,18 @@ def build_item(
     return item
 
 
+def description_properties(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The item's summary of the tile descriptions (``spex:descriptions``): whether they
+    were requested and, when checked, the statements true / false / unverifiable, the
+    share true, descriptions passed, target named and repeats (see
+    :func:`pipeline.truthfulness.summarise_checks`). The per-tile texts stay in the report."""
+    summary: dict[str, Any] = {"requested": bool(report.get("descriptions_requested", True))}
+    summary["count"] = len(report.get("descriptions") or [])
+    if report.get("truthfulness"):
+        summary |= dict(report["truthfulness"])
+    return {"spex:descriptions": summary}
+
+
 def validate_item(item: pystac.Item) -> None:
     """Validate against the bundled core schema and check the extension fields.
 

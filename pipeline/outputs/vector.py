@@ -264,10 +264,13 @@ def _description_lookup(
 
 
 def _score(record: Mapping[str, Any] | None) -> float | None:
-    """The truthfulness score of a description, where the extractor gives one (issue 13
-    adds it; any of these keys is accepted)."""
+    """The truthfulness score of a checked description (its ``check.score``), or None
+    where nothing in it could be checked or no description was asked for."""
     if not record:
         return None
+    check = record.get("check")
+    if isinstance(check, Mapping):  # pipeline.outputs.descriptions.check_descriptions
+        record = check
     for key in ("truthfulness", "truthfulness_score", "score"):
         value = record.get(key)
         if isinstance(value, int | float) and math.isfinite(value):

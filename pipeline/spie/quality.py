@@ -1,16 +1,23 @@
 """Quality check of responses, and the regenerate-below-the-bar loop of the SPEX paper.
 
-Rule-based score (always): the claims a response makes are parsed and compared with the
-sample's facts. Each check that applies counts once; the score is the share passed:
+Rule-based score (always): the claims a response makes are checked against the
+sample's facts by :mod:`pipeline.truthfulness`, the same rules that check SPEX's
+generated descriptions at inference. Each check that applies counts once; the score is
+the share passed:
 
-* ``category``: the target's category word is mentioned;
+* ``category``: the target's category word is mentioned (and no other target's is
+  named in its place);
 * ``length``: 40 to 2000 characters (neither a stub nor a rambling essay);
-* ``count``: the first "<n> ... regions/areas" claim equals the region count;
+* ``count``: every "<n> ... regions/areas" claim equals the region count;
 * ``absence``: "no <category>" is said if and only if there is none;
 * ``percent``: every "<x>%" is within 3 points of a measured share (target share, a
   region's share of the patch, or the labelled share);
-* ``sizes`` / ``locations``: every paper size class / 3x3 location named belongs to
-  one of the described regions.
+* ``sizes`` / ``locations`` / ``shapes``: every paper size class, 3x3 location or shape
+  word named belongs to one of the described regions (to the largest one where the
+  sentence is about the largest);
+* ``bbox`` / ``spectral``: stated bounding boxes and spectral means match the measured
+  ones (within the tolerances of :mod:`pipeline.truthfulness`);
+* ``repeats``: no sentence is said twice.
 
 An LLM judge (same chat client as the HTTP writer) can add its own 0..1 score; the
 sample's score is then the lower of the two, so neither can wave a bad response through.
@@ -24,32 +31,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.apg import LOCATION_NAMES, SIZE_CLASSES
 from pipeline.spie.errors import ResponseWriterError
 from pipeline.spie.facts import SampleFacts
 from pipeline.spie.llm_client import ChatClient
 from pipeline.spie.responses import ResponseWriter, facts_payload
+from pipeline.truthfulness import check_description
 
 __all__ = ["DEFAULT_BAR", "LlmJudge", "QualityOutcome", "score_response", "write_checked"]
 
 DEFAULT_BAR = 0.8
-PERCENT_TOLERANCE = 3.0
-_WORDS = {
-    "a single": 1,
-    "single": 1,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
+# Check names of the score, by the kind of claim (pipeline.truthfulness) they collect.
+_CHECK_OF_KIND = {
+    "count": "count",
+    "percent": "percent",
+    "size": "sizes",
+    "location": "locations",
+    "shape": "shapes",
+    "bbox": "bbox",
+    "spectral": "spectral",
 }
-_SIZES = sorted([n for _, n in SIZE_CLASSES] + ["huge"], key=len, reverse=True)
-_LOCS = sorted({n for row in LOCATION_NAMES for n in row}, key=len, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -64,53 +64,21 @@ class QualityOutcome:
     judge_score: float | None = None
 
 
-def _named(text: str, names: Sequence[str]) -> list[str]:
-    """Names found in ``text`` (longest first, each span used once, '-' or ' ' joins)."""
-    found = []
-    lowered = text.lower().replace("centre", "center")
-    for name in names:
-        pattern = r"\b" + re.escape(name).replace(r"\-", r"[- ]").replace(r"\ ", r"[- ]") + r"\b"
-        for m in list(re.finditer(pattern, lowered)):
-            found.append(name)
-            lowered = lowered[: m.start()] + " " * (m.end() - m.start()) + lowered[m.end() :]
-    return found
-
-
 def score_response(text: str, facts: SampleFacts) -> tuple[float, dict[str, bool]]:
     """Rule-based score in [0, 1] and the result of each applicable check."""
-    low = text.lower()
-    cat = re.escape(facts.category.lower())
+    result = check_description(text, facts)
+    kinds = result.kinds()
     checks: dict[str, bool] = {
-        "category": re.search(rf"\b{cat}", low) is not None,
+        "category": result.target_named and kinds.get("category", True),
         "length": 40 <= len(text) <= 2000,
+        # Said when (and only when) there is none; silence about an empty patch fails too.
+        "absence": kinds.get("absence", facts.n_regions != 0),
     }
-    number = r"(\d+|a single|single|one|two|three|four|five|six|seven|eight|nine|ten)"
-    count = re.search(
-        rf"\b{number}\s+(?:separate\s+|distinct\s+|individual\s+)?(?:{cat}\s+)?"
-        r"(?:regions?|areas?|patches|bodies|parcels|zones)\b",
-        low,
-    )
-    if count:
-        token = count.group(1)
-        value = int(token) if token.isdigit() else _WORDS[token]
-        checks["count"] = value == facts.n_regions
-    says_none = re.search(rf"\bno {cat}\b|\bcontains? no\b|\bnot contain\b|\babsent\b", low)
-    checks["absence"] = bool(says_none) == (facts.n_regions == 0)
-    percents = [float(p) for p in re.findall(r"(\d+(?:\.\d+)?)\s*%", low)]
-    if percents:
-        truths = [100 * facts.positive_share, 100 * facts.valid_share]
-        truths += [100 * r.area_ratio for r in facts.regions]
-        if 0 < facts.positive_share < 0.01:
-            truths.append(1.0)  # "less than 1%"
-        checks["percent"] = all(
-            min(abs(p - t) for t in truths) <= PERCENT_TOLERANCE for p in percents
-        )
-    sizes = _named(text, _SIZES)
-    if sizes:
-        checks["sizes"] = set(sizes) <= facts.sizes
-    locations = _named(text, _LOCS)
-    if locations:
-        checks["locations"] = set(locations) <= facts.locations
+    for kind, name in _CHECK_OF_KIND.items():
+        if kind in kinds:
+            checks[name] = kinds[kind]
+    if result.repeated:
+        checks["repeats"] = False
     return sum(checks.values()) / len(checks), checks
 
 

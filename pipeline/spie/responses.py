@@ -7,7 +7,9 @@ Pluggable through :class:`ResponseWriter` (a ``name`` and a ``write`` method):
   largest regions' size class, location, bounding box and shape, the spectral contrast),
   with phrasing drawn from a ``random.Random`` seeded by (seed, sample key, attempt).
   Every sentence is filled from a measured fact, so every statement is true of the
-  sample; the phrasing varies so a model does not learn one fixed sentence.
+  sample (and :mod:`pipeline.truthfulness` can check each one); the phrasing varies so
+  a model does not learn one fixed sentence, and the sentences come in order of
+  importance so that a short token budget keeps whole, informative sentences.
 * :class:`HttpWriter`: asks a user's OpenAI-compatible multimodal LLM, as the SPEX paper
   does with its auxiliary instructions: the request carries an *auxiliary* system
   instruction (not the training instruction) plus the verified attributes and an RGB
@@ -20,6 +22,7 @@ import base64
 import io
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,6 +32,7 @@ from PIL import Image
 
 from pipeline.spie.facts import RegionFact, SampleFacts
 from pipeline.spie.llm_client import ChatClient
+from pipeline.truthfulness import count_phrase, coverage_phrase
 
 __all__ = [
     "AUXILIARY_INSTRUCTION",
@@ -90,8 +94,13 @@ def _count(n: int, rng: random.Random) -> str:
     return NUMBER_WORDS[n] if n <= 10 and rng.random() < 0.5 else str(n)
 
 
-def _percent(share: float) -> str:
-    return "less than 1%" if 0 < share < 0.01 else f"about {round(100 * share)}%"
+def percent_phrase(share: float) -> str:
+    """'less than 1%', 'about 7%' (whole points below 10 %), 'about 35%' (steps of 5
+    above): coarse enough to learn, always within the check's 3-point tolerance."""
+    if 0 < share < 0.01:
+        return "less than 1%"
+    pct = 100 * share
+    return f"about {round(pct) if pct < 10 else 5 * round(pct / 5)}%"
 
 
 def _article(word: str) -> str:
@@ -103,12 +112,27 @@ def _box(r: RegionFact) -> str:
     return f"({x0:.2f}, {y0:.2f}) to ({x1:.2f}, {y1:.2f})"
 
 
+def _listing(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 @dataclass(frozen=True)
 class GroundedWriter:
-    """The default deterministic writer (see module docstring)."""
+    """The default deterministic writer (see module docstring).
+
+    Sentences come in order of importance, each complete, so that any prefix of whole
+    sentences is itself a good description. The first two speak the coarse, checkable
+    vocabulary of :mod:`pipeline.truthfulness` (coverage and count in words, the largest
+    region's size class and location), start with the target's name and have one fixed
+    phrasing: a small model with a short token budget learns these, and spends its
+    capacity on the facts rather than on synonyms (with several phrasings, the tiny LM
+    mixed them: "It lies in the center and lies in the center."). The rest (the next
+    regions, the exact share and count, shape, bounding box, spectral contrast) serve
+    longer budgets and have several phrasings each; ``key`` and ``attempt`` pick one.
+    """
 
     seed: int = 0
-    name: str = "grounded-v1"
+    name: str = "grounded-v3"
 
     def write(
         self,
@@ -121,91 +145,60 @@ class GroundedWriter:
     ) -> str:
         rng = random.Random(f"{self.seed}|{key}|{attempt}")
         cat = facts.category
-        area = "patch" if facts.valid_share >= 0.999 else "labelled part of the patch"
+        area = "patch" if facts.valid_share >= 0.999 else "labelled area"
         if facts.n_regions == 0:
-            return rng.choice(
-                [
-                    f"There is no {cat} in this patch; all of the {area} is other land cover.",
-                    f"No {cat} regions appear in this patch: "
-                    f"the {area} holds other land cover only.",
-                    f"The patch contains no {cat}; the {area} is covered by other classes.",
-                ]
-            )
-        out = []
+            return f"There is no {cat} in this patch; all of the {area} is other land cover."
         n = facts.n_regions
-        if n == 1:
-            out.append(
-                rng.choice(
-                    [
-                        f"There is a single {cat} region in this patch.",
-                        f"The patch contains one {cat} region.",
-                        f"One {cat} region is present in this patch.",
-                    ]
-                )
-            )
-        else:
-            word = _count(n, rng)
-            out.append(
-                rng.choice(
-                    [
-                        f"There are {word} separate {cat} regions in this patch.",
-                        f"The patch contains {word} distinct {cat} regions.",
-                        f"In this patch, {word} {cat} regions can be found.",
-                    ]
-                )
-            )
-        pct = _percent(facts.positive_share)
-        subject = "It covers" if n == 1 else "Together they cover"
-        out.append(
-            rng.choice(
-                [
-                    f"{subject} {pct} of the {area}.",
-                    f"{cat.capitalize()} makes up {pct} of the {area}.",
-                    f"In total, {cat} occupies {pct} of the {area}.",
-                ]
-            )
-        )
+        cover = coverage_phrase(facts.positive_share)
+        regions = count_phrase(n)
         big = facts.regions[0]
-        lead = "It" if n == 1 else "The largest one"
-        out.append(
-            rng.choice(
-                [
-                    f"{lead} is {big.size} and lies in the {big.location} part of the patch, "
-                    f"with a bounding box from {_box(big)}.",
-                    f"{lead}, {big.size} in size, sits in the {big.location} area; "
-                    f"its bounding box runs from {_box(big)}.",
-                    f"{lead} is located in the {big.location} part, is {big.size}, and spans "
-                    f"{_box(big)} in normalised coordinates.",
-                ]
-            )
-        )
-        out.append(
-            rng.choice(
-                [
-                    f"Its outline is {big.shape}.",
-                    f"It has {_article(big.shape)} {big.shape} shape.",
-                    f"Its shape is {big.shape}.",
-                ]
-            )
-        )
+        lead = "It" if n == 1 else "The largest region"
+        out = [
+            f"{cat.capitalize()} covers {cover} of the {area}, in {regions}.",
+            f"{lead} is {big.size} and lies in the {big.location}.",
+        ]
         others = facts.regions[1:4]
         if others:
-            parts = [
-                f"{_article(r.size)} {r.size} {r.shape} one in the {r.location}" for r in others
+            places = list(dict.fromkeys(f"the {r.location}" for r in others))
+            same = Counter((r.size, r.location) for r in others)
+            sized = [
+                f"{_article(size)} {size} one in the {where}"
+                if k == 1
+                else f"{NUMBER_WORDS[k]} {size} ones in the {where}"
+                for (size, where), k in same.items()
             ]
-            listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-            more = n - 1 - len(others)
-            tail = f", plus {_count(more, rng)} smaller ones" if more > 0 else ""
             out.append(
                 rng.choice(
                     [
-                        f"The next largest are {listed}{tail}."
-                        if len(parts) > 1
-                        else f"The other one is {listed}.",
-                        f"Further regions include {listed}{tail}.",
+                        f"The next largest lie in {_listing(places)}."
+                        if len(others) > 1
+                        else f"The other one lies in {places[0]}.",
+                        f"Further regions include {_listing(sized)}.",
                     ]
                 )
             )
+        pct = percent_phrase(facts.positive_share)
+        count = f"{_count(n, rng)} region" + ("s" if n > 1 else "")
+        out.append(
+            rng.choice(
+                [
+                    f"In numbers: {pct} of the {area}, {count}.",
+                    f"Measured: {pct} of the {area} in {count}.",
+                ]
+            )
+        )
+        subject = "Its" if n == 1 else "The largest region's"
+        out.append(
+            rng.choice([f"{subject} outline is {big.shape}.", f"{subject} shape is {big.shape}."])
+        )
+        out.append(
+            rng.choice(
+                [
+                    f"{subject} bounding box runs from {_box(big)}.",
+                    f"{subject} bounding box spans {_box(big)} in normalised coordinates.",
+                ]
+            )
+        )
         if facts.spectral is not None:
             s = facts.spectral
             rel = "higher" if s.inside > s.outside else "lower"
