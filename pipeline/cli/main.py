@@ -6,9 +6,12 @@ as one ``error:`` line naming the problem, with exit status 2 and no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -123,6 +126,24 @@ def _open_kwargs(
         "baseline": baseline,
     }
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@contextlib.contextmanager
+def _imports_without_gc() -> Iterator[None]:
+    """Import the scientific stack with the cyclic garbage collector paused, then move
+    what it created out of the collector's way (``gc.freeze``) and resume it.
+
+    Importing xarray, pandas and dask creates some 250 000 objects; the collector walks
+    them again and again while they load (0.15-0.25 s of a 1.2 s import on the 2-core
+    machine) and in every full collection afterwards, and none of them is garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 @app.command()
@@ -322,9 +343,10 @@ def extract(
     Prints one JSON line of output paths per scene (keys mask, probability, zarr, gpkg,
     parquet, stac, quicklook, report). An identical job already running in the same
     folder is waited for (SPEX_LOCK_TIMEOUT seconds, default 600)."""
-    from tqdm import tqdm
+    with _imports_without_gc():
+        from tqdm import tqdm
 
-    from pipeline.extract import run_extraction
+        from pipeline.extract import run_extraction
 
     scenes, out, settings = extraction_options(ctx.params)
 
@@ -420,3 +442,8 @@ def main() -> None:
         where = f" ({error.filename})" if error.filename else ""
         typer.echo(f"error: cannot write output{where}: {error.strerror}", err=True)
         raise SystemExit(2) from None
+    finally:
+        # The interpreter's last garbage collection walks every object the scientific
+        # stack created at import (dask, xarray, pandas: 0.2-0.35 s measured on the
+        # 2-core machine); frozen objects are skipped. Files are closed by then.
+        gc.freeze()
