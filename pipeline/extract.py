@@ -54,6 +54,7 @@ from pipeline import __version__
 from pipeline.errors import SceneError, SceneReadError, SpexInputError
 from pipeline.extractor import Extractor, TileBatch, TileResult, is_per_pixel
 from pipeline.locking import output_lock
+from pipeline.memory import release_free_memory
 from pipeline.outputs.atomic import (
     TEMP_MARK,
     atomic_write_text,
@@ -277,8 +278,11 @@ def load_extractor(
     threshold_mode: str = "scene",
     device: str | None = None,
     target: str | None = None,
+    batch_size: int | None = None,
 ) -> Extractor:
-    """The extractor named by ``--model`` (for ``target``, which 'default' may depend on).
+    """The extractor named by ``--model`` (for ``target``, which 'default' may depend on);
+    a model extractor runs ``batch_size`` tiles through the model at once (the job's
+    batch, so ``--batch-size 16`` is one forward pass of 16 tiles; default its own).
 
     'index' / 'index-tile': the spectral-index extractor (scene / per-tile Otsu);
     'default': the model registry's promoted version, else the weights shipped in
@@ -305,7 +309,8 @@ def load_extractor(
             return IndexExtractor(threshold_mode=threshold_mode)  # type: ignore[arg-type]
     from model.inference import SpexExtractor
 
-    return SpexExtractor.from_checkpoint(Path(model), device=device)
+    sized = {} if batch_size is None else {"batch_size": batch_size}
+    return SpexExtractor.from_checkpoint(Path(model), device=device, **sized)
 
 
 def limit_compute_threads(concurrent_batches: int) -> int:
@@ -465,7 +470,7 @@ def check_job(
         stac_identity(src) if isinstance(src, str) and is_stac_item(src) else _identify(src, scene)
     )
     extractor = extractor or load_extractor(
-        settings.model, settings.threshold_mode, settings.device, target
+        settings.model, settings.threshold_mode, settings.device, target, settings.batch_size
     )
     require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
     grid = plan_tiles(
@@ -638,7 +643,10 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
     """Compute and store the given tiles; returns how many were written."""
     tiles = [plan.grid[i] for i in tile_indices]
     batch = read_batch(plan, tiles)
-    return store_batch(plan, tiles, batch, plan.extractor.predict(batch))
+    done = store_batch(plan, tiles, batch, plan.extractor.predict(batch))
+    del batch
+    release_free_memory()
+    return done
 
 
 def run_batches(
@@ -666,14 +674,19 @@ def run_batches(
                 reading = reader.submit(read_batch, plan, batches[k + 1])
             result = plan.extractor.predict(batch)
             if storing is not None:
-                done = storing.result()
-                if on_batch:
-                    on_batch(done)
+                _stored(storing, on_batch)
             storing = writer.submit(store_batch, plan, tiles, batch, result)
+            del batch, result  # the store task holds them: freed once stored
         assert storing is not None
-        done = storing.result()
-        if on_batch:
-            on_batch(done)
+        _stored(storing, on_batch)
+
+
+def _stored(storing: Future[int], on_batch: Callable[[int], None] | None) -> None:
+    """Wait for a batch to be stored, hand its memory back, report it."""
+    done = storing.result()
+    release_free_memory()
+    if on_batch:
+        on_batch(done)
 
 
 def read_batch(plan: ExtractionPlan, tiles: Sequence[Tile]) -> TileBatch:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
+from pipeline.memory import release_free_memory
 from pipeline.scene.reader import RasterBlockSource, _read_window
 
 #: Recipes remembered (one per opened scene and its masked DN array).
@@ -194,6 +195,7 @@ def _raw_sample(recipe: PixelRecipe, step: int) -> np.ndarray:
     else:
         with ThreadPoolExecutor(READERS, thread_name_prefix="spex-sample") as pool:
             list(pool.map(take, parts))  # re-raises the first read error
+    release_free_memory()  # the decoded windows: see pipeline.memory
     out.flags.writeable = False  # shared by every caller of this sample
     with _lock:
         _samples[key] = out
