@@ -48,6 +48,7 @@ def build_mosaic(files: list[Path], out: Path, n: int = MOSAIC) -> Path:
     with rasterio.open(files[0]) as first:
         profile = first.profile
         h, w = first.height, first.width
+        descriptions, tags = first.descriptions, first.tags()
     profile.update(
         height=h * n,
         width=w * n,
@@ -58,8 +59,9 @@ def build_mosaic(files: list[Path], out: Path, n: int = MOSAIC) -> Path:
         bigtiff="IF_SAFER",
     )
     with rasterio.open(out, "w", **profile) as dst:
-        dst.descriptions = first.descriptions  # band names, where the file has them
-        dst.update_tags(**first.tags())
+        if all(descriptions):  # band names, where the file has them
+            dst.descriptions = descriptions
+        dst.update_tags(**tags)
         for k in range(n * n):
             with rasterio.open(files[k % len(files)]) as src:
                 if src.crs != profile["crs"] or src.res != first.res or src.count != dst.count:

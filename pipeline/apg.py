@@ -252,14 +252,11 @@ def extract_regions(
     labels, n = label_regions(mask == 1)
     if n == 0:
         return [], 0
-    flat = labels.ravel()
-    areas = np.bincount(flat, minlength=n + 1)
-    fg = np.flatnonzero(flat)
-    lab_sorted, first_idx = np.unique(flat[fg], return_index=True)
-    first_pos = np.empty(n + 1, dtype=np.int64)
-    first_pos[lab_sorted] = fg[first_idx]
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
     ids = np.arange(1, n + 1)
-    order = np.lexsort((first_pos[1:], -areas[1:]))  # area desc, then scan position
+    # area desc, then scan position of the region's first pixel, which is the label's
+    # order (label_regions numbers regions in raster order)
+    order = np.lexsort((ids, -areas[1:]))
     keep = ids[order[:max_regions]]
     slices = ndimage.find_objects(labels)
     total = height * width

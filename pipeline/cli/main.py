@@ -343,27 +343,42 @@ def extract(
     Prints one JSON line of output paths per scene (keys mask, probability, zarr, gpkg,
     parquet, stac, quicklook, report). An identical job already running in the same
     folder is waited for (SPEX_LOCK_TIMEOUT seconds, default 600)."""
-    with _imports_without_gc():
-        from tqdm import tqdm
+    from pipeline.samples import start_prefetch
 
-        from pipeline.extract import run_extraction
+    # Decode the scene's decimated sample (the job's first read) on the other core while
+    # the libraries below import on this one; see pipeline.samples.
+    listed = ctx.params["scenes"]
+    head_start = start_prefetch(listed[0]) if len(listed) == 1 else None
+    try:
+        with _imports_without_gc():
+            from tqdm import tqdm
 
-    scenes, out, settings = extraction_options(ctx.params)
+            from pipeline.extract import run_extraction
 
-    def on_wait(holder: str) -> None:
-        typer.echo(f"waiting: the same job is being run by {holder}", err=True)
+        scenes, out, settings = extraction_options(ctx.params)
 
-    for scene in scenes:
-        with tqdm(desc=scene.name, unit="tile", file=sys.stderr, disable=None) as bar:
+        def on_wait(holder: str) -> None:
+            typer.echo(f"waiting: the same job is being run by {holder}", err=True)
 
-            def on_plan(plan, pending, bar=bar) -> None:
-                bar.total = len(plan.grid)
-                bar.update(len(plan.grid) - pending)
+        for scene in scenes:
+            with tqdm(desc=scene.name, unit="tile", file=sys.stderr, disable=None) as bar:
 
-            paths = run_extraction(
-                str(scene), settings, out, on_plan=on_plan, on_batch=bar.update, on_wait=on_wait
-            )
-        typer.echo(json.dumps(paths))
+                def on_plan(plan, pending, bar=bar) -> None:
+                    bar.total = len(plan.grid)
+                    bar.update(len(plan.grid) - pending)
+
+                paths = run_extraction(
+                    str(scene),
+                    settings,
+                    out,
+                    on_plan=on_plan,
+                    on_batch=bar.update,
+                    on_wait=on_wait,
+                )
+            typer.echo(json.dumps(paths))
+    finally:
+        if head_start is not None:
+            head_start.stop()
 
 
 def extraction_options(params: dict[str, Any]) -> tuple[list[Path], Path, ExtractionSettings]:

@@ -34,8 +34,8 @@ import numpy as np
 
 from pipeline.encodings import Encoding, all_encodings, load_encoding, select_encoding
 from pipeline.errors import CatalogError, NoValidDataError, SceneError
+from pipeline.samples import DECIMATED_PIXELS, sample_step
 from pipeline.scene import windows
-from pipeline.scene.checks import DECIMATED_PIXELS
 from pipeline.scene.sources import _Raw
 from pipeline.sensors import Sensor, SensorBand
 
@@ -444,5 +444,5 @@ def mask_block(block: np.ndarray, nodata: tuple[tuple[float, ...], ...]) -> np.n
 def _decimated(data: da.Array, max_pixels: int = DECIMATED_PIXELS) -> tuple[np.ndarray, int]:
     """A strided (band, y, x) sample of at most ~max_pixels pixels, and its step."""
     _, h, w = data.shape
-    step = max(1, math.ceil(math.sqrt(h * w / max_pixels)))
+    step = sample_step(h, w, max_pixels)
     return windows.strided_sample(data, step), step

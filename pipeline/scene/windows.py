@@ -19,34 +19,30 @@ graph applies (mask, ``* scale``, ``+ offset`` in float32), so the values are id
 bit for bit; anything without a recipe (Zarr, netCDF, warped or JPEG 2000 bands, a band
 subset) goes through the graph as before.
 
-The raw strided sample of a source is kept (the last :data:`SAMPLES_KEPT`, a few MB each)
+The native strided sample of each file is kept (:mod:`pipeline.samples`, a few MB each)
 because a job asks for the same sample several times: the per-scene percentile scale, the
-validity check, the extractor's scene threshold and the quicklook read it once together.
+validity check, the extractor's scene threshold and the quicklook read it once together
+(and ``spex extract`` may have read it already, during its imports).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
+from pipeline import samples
 from pipeline.memory import release_free_memory
 from pipeline.scene.reader import RasterBlockSource, _read_window
 
 #: Recipes remembered (one per opened scene and its masked DN array).
 RECIPES_KEPT = 64
-#: Raw strided samples kept per process (each at most ~1 Mpx x bands).
-SAMPLES_KEPT = 2
-#: Target size of one window of a strided read (file blocks are decoded once each).
-WINDOW_PIXELS = 1024 * 1024
 #: Threads decoding the windows of a strided read (one per core of the 2-core machines
 #: this runs on; each holds one window).
 READERS = min(2, os.cpu_count() or 1)
@@ -98,17 +94,8 @@ class PixelRecipe:
         out += np.asarray(self.offsets, np.float32)[:, None, None]
         return out
 
-    def identity(self) -> tuple[Any, ...]:
-        """What a kept sample depends on: sources and their files' size and mtime."""
-        stats = []
-        for s in self.sources:
-            st = os.stat(s.path)
-            stats.append((st.st_size, st.st_mtime_ns))
-        return (self.sources, self.keep, self.height, self.width, tuple(stats))
-
 
 _recipes: OrderedDict[str, PixelRecipe] = OrderedDict()
-_samples: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -142,70 +129,38 @@ def read_window(scene: Any, rows: slice, cols: slice) -> np.ndarray:
     return recipe.finish(recipe.raw(window))
 
 
-def _windows(recipe: PixelRecipe, itemsize: int, bands: int) -> list[tuple[int, int, int, int]]:
-    """(row0, row1, col0, col1) windows of about WINDOW_PIXELS, aligned with the blocks.
-
-    Tiled files: whole blocks up to ~1024 px a side. Striped files (a block spans the
-    width): whole strips across the full width, as many rows as fit in ~4 MB."""
-    h, w = recipe.height, recipe.width
-    bh, bw = max(1, recipe.block[0]), max(1, recipe.block[1])
-    side = int(math.sqrt(WINDOW_PIXELS))
-    if bw >= w:
-        rows = max(1, (4 * WINDOW_PIXELS) // max(1, w * itemsize * bands) // bh) * bh
-        cols = w
-    else:
-        rows, cols = max(1, side // bh) * bh, max(1, side // bw) * bw
-    return [
-        (r, min(h, r + rows), c, min(w, c + cols))
-        for r in range(0, h, rows)
-        for c in range(0, w, cols)
-    ]
-
-
 def _raw_sample(recipe: PixelRecipe, step: int) -> np.ndarray:
-    """Native values at rows and columns 0, step, 2 step ... (every block is read).
+    """Native values of the kept bands at rows and columns 0, step, 2 step ...: each
+    file's sample from :mod:`pipeline.samples` (kept, or read now: every block, in
+    windows aligned with the blocks, by :data:`READERS` threads)."""
+    parts = []
+    for source in recipe.sources:
+        key = samples.file_key(source.path, source.indexes, step)
+        found = samples.recall(key)
+        if found is None:
+            found = _read_sample(recipe, source, step)
+            samples.remember(key, found)
+        parts.append(found)
+    raw = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return raw if recipe.keep is None else raw[list(recipe.keep)]
 
-    Windows are decoded by :data:`READERS` threads (GDAL decodes without the GIL), each
-    with its own open file; the result does not depend on their order."""
-    key = (recipe.identity(), step)
-    with _lock:
-        found = _samples.get(key)
-        if found is not None:
-            _samples.move_to_end(key)
-            return found
-    itemsize = max(np.dtype(s.dtype).itemsize for s in recipe.sources)
-    bands = sum(len(s.indexes) for s in recipe.sources)
-    parts = _windows(recipe, itemsize, bands)
-    out = np.empty(
-        (len(recipe.keep) if recipe.keep is not None else bands, *_strided_shape(recipe, step)),
-        dtype=np.result_type(*(np.dtype(s.dtype) for s in recipe.sources)),
+
+def _read_sample(recipe: PixelRecipe, source: RasterBlockSource, step: int) -> np.ndarray:
+    dtype = np.dtype(source.dtype)
+    bands = len(source.indexes)
+    windows = samples.block_windows(
+        recipe.height, recipe.width, recipe.block, dtype.itemsize, bands
     )
 
-    def take(part: tuple[int, int, int, int]) -> None:
+    def read(part: tuple[int, int, int, int]) -> np.ndarray:
         r0, r1, c0, c1 = part
-        block = recipe.raw(Window(c0, r0, c1 - c0, r1 - r0))
-        rs, cs = (-r0) % step, (-c0) % step
-        picked = block[:, rs::step, cs::step]
-        y, x = (r0 + rs) // step, (c0 + cs) // step
-        out[:, y : y + picked.shape[1], x : x + picked.shape[2]] = picked
+        return _read_window(source, Window(c0, r0, c1 - c0, r1 - r0))
 
-    if len(parts) == 1 or READERS == 1:
-        for part in parts:
-            take(part)
-    else:
-        with ThreadPoolExecutor(READERS, thread_name_prefix="spex-sample") as pool:
-            list(pool.map(take, parts))  # re-raises the first read error
+    shape = (bands, recipe.height, recipe.width)
+    sample = samples.strided_read(read, windows, shape, dtype, step, threads=READERS)
+    assert sample is not None  # not stoppable
     release_free_memory()  # the decoded windows: see pipeline.memory
-    out.flags.writeable = False  # shared by every caller of this sample
-    with _lock:
-        _samples[key] = out
-        while len(_samples) > SAMPLES_KEPT:
-            _samples.popitem(last=False)
-    return out
-
-
-def _strided_shape(recipe: PixelRecipe, step: int) -> tuple[int, int]:
-    return -(-recipe.height // step), -(-recipe.width // step)
+    return sample
 
 
 def strided_sample(array: Any, step: int) -> np.ndarray:
@@ -223,5 +178,4 @@ def strided_sample(array: Any, step: int) -> np.ndarray:
 
 def forget_samples() -> None:
     """Drop the kept samples (tests; memory)."""
-    with _lock:
-        _samples.clear()
+    samples.forget()
