@@ -3,14 +3,15 @@
 What the job adds around the extractor is the pipeline's cost; the extractor's own work
 is the model's. So the figures are:
 
-(a) overhead ratio = whole-job time (plan + every batch + finalise, in-process) divided
-    by the extractor's own compute time (``fit_scene`` + ``predict``, measured by a
-    timing proxy that implements the Extractor protocol and forwards to the real one, so
-    the job runs unmodified). Target <= 1.10. Measured for the index extractor (cheap:
-    the ratio is then all overhead) and, unless ``--no-model``, for the tiny SPEX model
-    with random weights (a compute cost of the order a learned model has). The overhead
-    is split into its parts by timers wrapped around the job's own functions (scene read,
-    tile store writes, blending, COG conversion, quicklook, report, STAC).
+(a) overhead ratio = whole-job time (plan + every batch + finalise, in-process, batches
+    read ahead and stored behind in threads as ``spex extract`` runs them) divided by the
+    extractor's own compute time (``fit_scene`` + ``predict``, measured by a timing proxy
+    that implements the Extractor protocol and forwards to the real one, so the job runs
+    unmodified). Measured for the index extractor (cheap: the ratio is then all overhead)
+    and, unless ``--no-model``, for the tiny SPEX model with random weights. The overhead
+    is split into its parts by timers wrapped around the job's own functions (scene open,
+    blending, COG conversion, quicklook, report, STAC); tile reads and store writes run
+    in threads beside the extractor, so their thread time is reported apart.
 (b) peak RSS (``ru_maxrss``) of a job on a real scene and on a 16x larger scene, each in
     a fresh subprocess, same tile size. The large scene is a 4x4 mosaic of the NAIP
     epochs (real pixels, one consistent grid and CRS; the epochs repeat cyclically).
@@ -18,8 +19,10 @@ is the model's. So the figures are:
 (c) megapixels per second of the whole job for both scenes.
 (d) seam check: with the scene-level threshold the stitched mask of small tiles
     (128 px, 16 px overlap) must equal the mask computed on the whole scene in memory
-    (same index, same threshold, :func:`pipeline.apg.binary_mask`): 0 differing pixels.
-    The per-tile threshold is shown beside it, to show the check can fail.
+    (same index, same threshold, :func:`pipeline.apg.binary_mask`): 0 differing pixels,
+    both on the per-pixel path (tiles without overlap, no blending: what the index
+    extractor gets) and with the per-pixel flag off (overlapping tiles, blended: what any
+    model gets). The per-tile threshold is shown beside them, to show the check can fail.
 
 Usage::
 
