@@ -33,8 +33,9 @@ import numpy as np
 DECIMATED_PIXELS = 1_000_000
 #: Target size of one window of a strided read (file blocks are decoded once each).
 WINDOW_PIXELS = 1024 * 1024
-#: Native samples kept per process (each at most ~1 Mpx x bands).
-SAMPLES_KEPT = 4
+#: Bytes of native samples kept per process (least recently used beyond are dropped):
+#: enough for every file of a 13-band scene at 16 bit (~26 MB), bounded for any scene.
+SAMPLES_BYTES = 64 * 2**20
 #: Files the head start reads: formats whose blocks the block reader reads as they are.
 PREFETCH_SUFFIXES = (".tif", ".tiff", ".vrt")
 
@@ -133,7 +134,7 @@ def remember(key: Key, sample: np.ndarray) -> None:
     with _lock:
         _samples[key] = sample
         _samples.move_to_end(key)
-        while len(_samples) > SAMPLES_KEPT:
+        while len(_samples) > 1 and sum(a.nbytes for a in _samples.values()) > SAMPLES_BYTES:
             _samples.popitem(last=False)
 
 

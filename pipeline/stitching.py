@@ -396,8 +396,11 @@ class TileStore:
             p = prob[tr, tc].astype(np.float64)
             ok = valid[tr, tc] & np.isfinite(p)
             wt = self._weight(t)[tr, tc]
-            num[out] += np.where(ok, wt * np.where(ok, p, 0.0), 0.0)
-            den[out] += np.where(ok, wt, 0.0)
+            if not ok.all():  # else the same sums, without the masking
+                wt = np.where(ok, wt, 0.0)
+                p = np.where(ok, p, 0.0)
+            num[out] += wt * p
+            den[out] += wt
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / den, np.nan)
 
