@@ -1,9 +1,11 @@
 """Reading catalog YAML files: one safe path for every catalog the project has.
 
 Sensors, indices, targets, data sets, regions and training configurations are data that
-users edit by hand, so each is read the same way: ``yaml.safe_load`` only (no Python
+users edit by hand, so each is read the same way: the safe loader only (no Python
 tags, no object construction), a mapping at the top level, and a :class:`CatalogError`
-naming the file for anything else.
+naming the file for anything else. The safe loader is libyaml's (``CSafeLoader``, the
+same safe schema in C) where PyYAML was built with it: the pure-Python one took 0.2 s of
+every job for the sensor and encoding catalogs; the tests load every catalog both ways.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import yaml
 
 from pipeline.errors import CatalogError
 
+#: libyaml's safe loader when PyYAML has it, else the pure-Python one (same schema).
+SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def read_catalog_yaml(path: Path | Traversable, kind: str) -> dict[str, Any]:
     """The top-level mapping of the ``kind`` catalog file at ``path`` (e.g. 'sensor')."""
@@ -25,7 +30,7 @@ def read_catalog_yaml(path: Path | Traversable, kind: str) -> dict[str, Any]:
     except OSError as exc:
         raise CatalogError(f"{where}: cannot read {kind} catalog ({exc})") from exc
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{where}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict) or not raw:

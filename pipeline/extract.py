@@ -42,6 +42,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -53,8 +54,9 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.errors import SceneError, SceneReadError, SpexInputError
-from pipeline.extractor import Extractor, TileBatch
+from pipeline.extractor import Extractor, TileBatch, TileResult, is_per_pixel
 from pipeline.locking import output_lock
+from pipeline.memory import release_free_memory
 from pipeline.outputs.atomic import (
     TEMP_MARK,
     atomic_write_text,
@@ -81,6 +83,7 @@ from pipeline.scene import (
     open_scene,
     require_bands,
 )
+from pipeline.scene.windows import read_window
 from pipeline.sensors import load_sensor
 from pipeline.stitching import StoreMismatchError, TileStore
 from pipeline.targets import load_target
@@ -295,8 +298,11 @@ def load_extractor(
     threshold_mode: str = "scene",
     device: str | None = None,
     target: str | None = None,
+    batch_size: int | None = None,
 ) -> Extractor:
-    """The extractor named by ``--model`` (for ``target``, which 'default' may depend on).
+    """The extractor named by ``--model`` (for ``target``, which 'default' may depend on);
+    a model extractor runs ``batch_size`` tiles through the model at once (the job's
+    batch, so ``--batch-size 16`` is one forward pass of 16 tiles; default its own).
 
     'index' / 'index-tile': the spectral-index extractor (scene / per-tile Otsu);
     'default': the model registry's promoted version, else the weights shipped in
@@ -323,7 +329,8 @@ def load_extractor(
             return IndexExtractor(threshold_mode=threshold_mode)  # type: ignore[arg-type]
     from model.inference import SpexExtractor
 
-    return SpexExtractor.from_checkpoint(Path(model), device=device)
+    sized = {} if batch_size is None else {"batch_size": batch_size}
+    return SpexExtractor.from_checkpoint(Path(model), device=device, **sized)
 
 
 def limit_compute_threads(concurrent_batches: int) -> int:
@@ -483,14 +490,16 @@ def check_job(
         stac_identity(src) if isinstance(src, str) and is_stac_item(src) else _identify(src, scene)
     )
     extractor = extractor or load_extractor(
-        settings.model, settings.threshold_mode, settings.device, target
+        settings.model, settings.threshold_mode, settings.device, target, settings.batch_size
     )
     require_bands(scene, extractor.required_bands(target), f"{extractor.name} for {target}")
     grid = plan_tiles(
         scene.sizes["y"],
         scene.sizes["x"],
         settings.tile,
-        settings.overlap,
+        # a per-pixel extractor gives shared pixels the same value in every tile:
+        # overlapping tiles would only read and compute those pixels twice
+        0 if is_per_pixel(extractor) else settings.overlap,
         allow_smaller_scene=settings.allow_small_scene,
     )
     sample, _ = decimated_sample(scene)  # reads every block once: corrupt data fails here
@@ -521,7 +530,7 @@ def _prepare(
             "open": job.open_kwargs,
             "target": target,
             "tile": settings.tile,
-            "overlap": settings.overlap,
+            "overlap": job.grid.overlap,
             # Where it runs does not change what it computes: a job planned on a CPU
             # resumes on a GPU worker without recomputing finished tiles.
             "extractor": {k: v for k, v in provenance.items() if k != "device"},
@@ -535,7 +544,7 @@ def _prepare(
         settings=settings,
         extractor=extractor,
         grid=job.grid,
-        store_path=out / WORK_DIR / f"{stem}.zarr",
+        store_path=out / WORK_DIR / f"{stem}.tiles",
         fingerprint=fingerprint,
         outputs=OutputPaths.for_job(out, stem, settings.formats),
         scene_provenance=scene_prov,
@@ -556,6 +565,7 @@ def _leftover_temps(plan: ExtractionPlan) -> list[Path]:
         found += final.parent.glob(f".{final.stem}{TEMP_MARK}*")
         found += final.parent.glob(f"{final.name}.tmp")
     found += plan.store_path.glob("finalise-*")
+    found += TileStore.leftover_temps(plan.store_path)
     found += plan.store_path.parent.glob(f".{plan.store_path.name}{TEMP_MARK}*")
     if plan.staging_dir.exists():
         found.append(plan.staging_dir)
@@ -653,21 +663,74 @@ def _is_done(plan: ExtractionPlan) -> bool:
 
 def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
     """Compute and store the given tiles; returns how many were written."""
-    scene = _open(plan.source, plan.open_kwargs)
-    store = TileStore.open(plan.store_path, plan.fingerprint)
     tiles = [plan.grid[i] for i in tile_indices]
+    batch = read_batch(plan, tiles)
+    done = store_batch(plan, tiles, batch, plan.extractor.predict(batch))
+    del batch
+    release_free_memory()
+    return done
+
+
+def run_batches(
+    plan: ExtractionPlan,
+    batches: Sequence[Sequence[Tile]],
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Every batch in this process, as :func:`run_batch` would, with the I/O overlapped:
+    while the extractor works on batch k, one thread reads batch k + 1 and another stores
+    batch k - 1. Reading (GDAL decoding), compressing and writing tiles release the GIL,
+    so on a model they hide behind compute, and on the index extractor they run side by
+    side. At most three batches are held at once; a failure anywhere stops the loop once
+    the batch being stored is whole (never a half-written tile)."""
+    if not batches:
+        return
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="spex-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="spex-store") as writer,
+    ):
+        reading: Future[TileBatch] = reader.submit(read_batch, plan, batches[0])
+        storing: Future[int] | None = None
+        for k, tiles in enumerate(batches):
+            batch = reading.result()
+            if k + 1 < len(batches):
+                reading = reader.submit(read_batch, plan, batches[k + 1])
+            result = plan.extractor.predict(batch)
+            if storing is not None:
+                _stored(storing, on_batch)
+            storing = writer.submit(store_batch, plan, tiles, batch, result)
+            del batch, result  # the store task holds them: freed once stored
+        assert storing is not None
+        _stored(storing, on_batch)
+
+
+def _stored(storing: Future[int], on_batch: Callable[[int], None] | None) -> None:
+    """Wait for a batch to be stored, hand its memory back, report it."""
+    done = storing.result()
+    release_free_memory()
+    if on_batch:
+        on_batch(done)
+
+
+def read_batch(plan: ExtractionPlan, tiles: Sequence[Tile]) -> TileBatch:
+    """The tiles' reflectance as one :class:`TileBatch` (valid: every band holds data)."""
+    scene = _open(plan.source, plan.open_kwargs)
     bands = tuple(str(b) for b in scene["band"].values)
     pixels = np.stack([_read_tile(scene, t, plan.scene_name) for t in tiles])
-    valid = np.isfinite(pixels).all(axis=1)
-    batch = TileBatch(
+    return TileBatch(
         pixels=pixels,
-        valid=valid,
+        valid=np.isfinite(pixels).all(axis=1),
         bands=bands,
         target=plan.settings.target,
         sensor=scene.attrs.get("sensor"),
         describe=plan.settings.describe,
     )
-    result = plan.extractor.predict(batch)
+
+
+def store_batch(
+    plan: ExtractionPlan, tiles: Sequence[Tile], batch: TileBatch, result: TileResult
+) -> int:
+    """Record a computed batch in the tile store (descriptions first); returns its size."""
+    store = TileStore.open(plan.store_path, plan.fingerprint)
     texts_dir = plan.texts_dir
     # Shared: batches of one job write disjoint slots; planning and finalising wait.
     with output_lock(plan.outputs.mask.parent, plan.outputs.mask.stem, mode="shared"):
@@ -686,7 +749,7 @@ def run_batch(plan: ExtractionPlan, tile_indices: Sequence[int]) -> int:
                         "text": text,
                     }
                     atomic_write_text(texts_dir / f"{tile.index}.json", json.dumps(record))
-            store.write_batch(tiles, result.probability, valid)
+            store.write_batch(tiles, result.probability, batch.valid)
         except (OSError, SpexInputError) as exc:
             if not is_storage_error(exc):
                 raise
@@ -699,12 +762,11 @@ def _read_tile(scene: xr.DataArray, tile: Tile, name: str) -> np.ndarray:
     """A tile's reflectance; any read failure is a SceneReadError, so the tile is never
     recorded as done (the block reader raises driver errors instead of returning zeros)."""
     try:
-        values = scene[:, tile.rows, tile.cols].data.compute(scheduler="synchronous")
+        return read_window(scene, tile.rows, tile.cols)
     except SceneError:
         raise
     except OSError as exc:  # netCDF/Zarr backends report corrupt files this way
         raise SceneReadError(f"cannot read tile {tile.key} of scene {name}: {exc}") from exc
-    return np.asarray(values, dtype=np.float32)
 
 
 def _tags(plan: ExtractionPlan) -> dict[str, str]:
@@ -722,7 +784,8 @@ def _provenance(plan: ExtractionPlan) -> dict[str, Any]:
         "target": plan.settings.target,
         "extractor": plan.extractor.provenance(),
         "tile": plan.settings.tile,
-        "overlap": plan.settings.overlap,
+        "overlap": plan.grid.overlap,
+        "stitching": "per-pixel, no blending" if is_per_pixel(plan.extractor) else "blended",
         "mask_threshold": plan.settings.threshold,
         "sensor": plan.scene_provenance.get("sensor"),
         "scene": plan.scene_provenance,
@@ -810,29 +873,40 @@ def _finalise_locked(plan: ExtractionPlan) -> dict[str, str | None]:
             plan.settings.threshold,
             tags=_tags(plan),
             styles=styles,
+            per_pixel=is_per_pixel(plan.extractor),
         )
         write_class_names(staged(outputs.mask), styles["mask"])
         scene = _open(plan.source, plan.open_kwargs)
-        if outputs.zarr is not None:
-            current, what = outputs.zarr, "the Zarr copy"
-            _write_zarr(staged(outputs.zarr), staged(outputs.mask), plan)
-        descriptions = _descriptions(plan, scene, staged(outputs.mask))
-        what = "the polygons"
-        for current in (p for p in (outputs.gpkg, outputs.parquet) if p is not None):
-            _write_polygons(plan, store, staged, current, descriptions)
-        current, what = outputs.quicklook, "the quicklook"
-        render_quicklook(scene, staged(outputs.mask), plan.settings.target, staged(current))
-        current, what = outputs.report, "the report"
-        report = build_report(
-            staged(outputs.mask),
-            target=plan.settings.target,
-            scene_name=plan.scene_name,
-            provenance=_provenance(plan),
-            descriptions=descriptions,
-            descriptions_requested=plan.settings.describe,
-            mask_name=outputs.mask.name,
-        )
-        write_report(report, staged(outputs.report), staged(outputs.report_md))
+        # The quicklook needs only the mask and the scene's (kept) decimated sample: it
+        # renders in a thread (PNG encoding releases the GIL) beside the rest.
+        with ThreadPoolExecutor(1, thread_name_prefix="spex-quicklook") as pool:
+            rendering = pool.submit(
+                render_quicklook,
+                scene,
+                staged(outputs.mask),
+                plan.settings.target,
+                staged(outputs.quicklook),
+            )
+            if outputs.zarr is not None:
+                current, what = outputs.zarr, "the Zarr copy"
+                _write_zarr(staged(outputs.zarr), staged(outputs.mask), plan)
+            descriptions = _descriptions(plan, scene, staged(outputs.mask))
+            what = "the polygons"
+            for current in (p for p in (outputs.gpkg, outputs.parquet) if p is not None):
+                _write_polygons(plan, store, staged, current, descriptions)
+            current, what = outputs.report, "the report"
+            report = build_report(
+                staged(outputs.mask),
+                target=plan.settings.target,
+                scene_name=plan.scene_name,
+                provenance=_provenance(plan),
+                descriptions=descriptions,
+                descriptions_requested=plan.settings.describe,
+                mask_name=outputs.mask.name,
+            )
+            write_report(report, staged(outputs.report), staged(outputs.report_md))
+            current, what = outputs.quicklook, "the quicklook"
+            rendering.result()
         current, what = outputs.stac, "the STAC item"
         _write_stac(plan, staged, report)
         current, what = outputs.mask, "renaming the outputs into place"
@@ -967,10 +1041,7 @@ def run_extraction(
         batches = plan.pending_batches()
         if on_plan:
             on_plan(plan, sum(len(b) for b in batches))
-        for batch in batches:
-            n = run_batch(plan, [t.index for t in batch])
-            if on_batch:
-                on_batch(n)
+        run_batches(plan, batches, on_batch)
         return finalise(plan)
 
 

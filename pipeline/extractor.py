@@ -85,3 +85,14 @@ class Extractor(Protocol):
         """JSON-serialisable facts that identify the extractor and its settings
         (name, version/weights hash, thresholds) for COG tags and STAC properties."""
         ...
+
+
+def is_per_pixel(extractor: Extractor) -> bool:
+    """Whether the extractor's value at a pixel depends on that pixel alone (its optional
+    ``per_pixel`` attribute, False when absent).
+
+    Such an extractor gives every tile the same value at a shared pixel, so the job plans
+    its tiles without overlap and stitches without blending (see
+    :mod:`pipeline.stitching`); anything that looks at a neighbourhood (a CNN, SPEX, a
+    per-tile threshold) must not claim it."""
+    return bool(getattr(extractor, "per_pixel", False))

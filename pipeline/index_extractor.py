@@ -9,6 +9,8 @@ weights. Two threshold modes:
   disagree at their borders; the stitcher's blending softens that).
 
 It has no notion of probability, so it returns 1.0 on the target side and 0.0 elsewhere.
+In scene mode it is a per-pixel extractor (index and threshold at each pixel alone), so
+its tiles need no overlap and no blending (:func:`pipeline.extractor.is_per_pixel`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class IndexExtractor:
         self.index: str | None = None
         self.target: str | None = None
         self.sample_step: int | None = None
+
+    @property
+    def per_pixel(self) -> bool:
+        """Scene mode only: a per-tile Otsu threshold makes a pixel depend on its tile."""
+        return self.threshold_mode == "scene"
 
     def required_bands(self, target: str) -> tuple[str, ...]:
         return load_index(load_target(target).index).bands

@@ -267,3 +267,16 @@ def test_region_attributes_prompt_dict() -> None:
         "Location",
         "Bounding box",
     ]
+
+
+def test_region_labels_follow_raster_order_of_first_pixels() -> None:
+    """extract_regions breaks area ties by the label, which stands for the scan position
+    of the region's first pixel only because labels are numbered in raster order."""
+    from pipeline.apg import label_regions
+
+    rng = np.random.default_rng(7)
+    for mask in (rng.random((300, 400)) > 0.55, rng.random((97, 61)) > 0.6):
+        labels, n = label_regions(mask)
+        flat = labels.ravel()
+        firsts = [int(np.flatnonzero(flat == k)[0]) for k in range(1, n + 1)]
+        assert n > 10 and firsts == sorted(firsts)

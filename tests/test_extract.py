@@ -20,8 +20,10 @@ from pipeline.extract import (
     finalise,
     plan_extraction,
     run_batch,
+    run_batches,
     run_extraction,
 )
+from pipeline.index_extractor import IndexExtractor
 from pipeline.indices import compute_index
 from pipeline.outputs.cog import validate_cog
 from pipeline.scene import open_scene
@@ -258,3 +260,43 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert run.stderr.startswith("error: ") and "landsat99" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "o").exists()
+
+
+class _BlendedIndex(IndexExtractor):
+    """The scene-threshold index extractor with its per-pixel flag off: planned with
+    overlapping tiles and stitched by blending, as any other extractor."""
+
+    per_pixel = False  # type: ignore[assignment]
+
+
+def test_per_pixel_shortcut_gives_the_blended_outputs(tmp_path: Path) -> None:
+    """A per-pixel extractor runs on tiles without overlap and is stitched without
+    blending; mask and probability must be what overlapping, blended tiles give."""
+    settings = ExtractionSettings(target="water", tile=128, overlap=32, formats=("cog", "prob"))
+    fast = run_extraction(str(BERLIN), settings, tmp_path / "fast")
+    plan = plan_extraction(str(BERLIN), settings, tmp_path / "blended", _BlendedIndex())
+    assert plan.grid.overlap == 32
+    for batch in plan.pending_batches():
+        run_batch(plan, [t.index for t in batch])
+    blended = finalise(plan)
+    for key in ("mask", "probability"):
+        with rasterio.open(fast[key]) as a, rasterio.open(blended[key]) as b:
+            np.testing.assert_array_equal(a.read(1), b.read(1))
+    with rasterio.open(fast["mask"]) as mask:
+        tags = mask.tags()
+        assert 0 < (mask.read(1) == 1).sum() < mask.width * mask.height
+    assert (tags["SPEX_OVERLAP"], tags["SPEX_STITCHING"]) == ("0", "per-pixel, no blending")
+
+
+def test_overlapped_batches_equal_one_by_one(tmp_path: Path) -> None:
+    """run_batches (reads ahead and stores behind in threads) writes the very tiles that
+    run_batch writes batch by batch."""
+    settings = ExtractionSettings(target="water", model="index-tile", tile=128, overlap=32)
+    a = plan_extraction(str(BERLIN), settings, tmp_path / "a")
+    run_batches(a, a.pending_batches())
+    b = plan_extraction(str(BERLIN), settings, tmp_path / "b")
+    for batch in b.pending_batches():
+        run_batch(b, [t.index for t in batch])
+    tiles_a, tiles_b = (sorted((p.store_path / "tiles").iterdir()) for p in (a, b))
+    assert [p.name for p in tiles_a] == [p.name for p in tiles_b] and len(tiles_a) == 64
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(tiles_a, tiles_b, strict=True))

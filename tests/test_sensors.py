@@ -241,3 +241,19 @@ def test_malformed_encoding_names_file_and_key(tmp_path: Path, text: str, messag
     with pytest.raises(CatalogError, match=message) as err:
         load_encoding_file(path)
     assert str(path) in str(err.value)
+
+
+def test_catalogs_read_the_same_with_libyaml_and_pure_python() -> None:
+    """The catalogs are parsed by libyaml's safe loader when PyYAML has it (much faster);
+    every catalog file must give exactly what the pure-Python safe loader gives."""
+    import yaml
+
+    from pipeline.catalog_io import SAFE_LOADER, read_catalog_yaml
+
+    root = Path(__file__).resolve().parents[1] / "catalogs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) > 20
+    for path in files:
+        expected = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert read_catalog_yaml(path, "any") == expected, path
+    assert SAFE_LOADER is getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 import sys
@@ -21,8 +20,10 @@ from pipeline.stitching import (
     StoreMismatchError,
     TileStore,
     axis_weight,
+    owned_span,
     tile_weight,
 )
+from pipeline.tile_record import DamagedTileError, decode_tile, encode_tile
 from pipeline.tiling import TileGrid, plan_tiles
 
 TILE, OVERLAP = 64, 16
@@ -85,7 +86,7 @@ def finalise(store: TileStore, out: Path, **kw) -> tuple[bytes, bytes]:
 @pytest.fixture(scope="module")
 def clean_run(scene: Scene, tmp_path_factory) -> tuple[bytes, bytes]:
     root = tmp_path_factory.mktemp("clean")
-    store = new_store(scene, root / "store.zarr")
+    store = new_store(scene, root / "store.tiles")
     write(store, scene, range(len(scene.grid)))
     return finalise(store, root / "out")
 
@@ -139,7 +140,7 @@ def test_neighbour_ramps_are_complementary() -> None:
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 def test_stitched_equals_untiled_exactly(scene, tmp_path, kind) -> None:
     prob = getattr(scene, kind)
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     write(store, scene, range(len(scene.grid)), prob)
     mask_path, prob_path = store.finalise(
         tmp_path / "m.tif", tmp_path / "p.tif", window=96, blocksize=256
@@ -165,7 +166,7 @@ def test_nodata_border_stays_nodata(scene, tmp_path, clean_run) -> None:
 
 
 def test_threshold_is_configurable(scene, tmp_path) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     write(store, scene, range(len(scene.grid)))
     mask_path, _ = store.finalise(tmp_path / "m.tif", threshold=0.8, window=128, blocksize=256)
     with rasterio.open(mask_path) as src:
@@ -199,7 +200,7 @@ def test_finalised_cog_is_valid_and_georeferenced_like_input(scene, tmp_path, cl
 
 
 def test_tags_reach_the_cog(scene, tmp_path) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     write(store, scene, range(len(scene.grid)))
     tags = {"spex_model": "baseline-ndwi 0.1", "tile": "64", "overlap": "16"}
     mask, _ = store.finalise(tmp_path / "m.tif", tags=tags, window=128, blocksize=256)
@@ -213,7 +214,7 @@ def test_tags_reach_the_cog(scene, tmp_path) -> None:
 
 
 def test_two_finalises_give_identical_bytes(scene, tmp_path, clean_run) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     write(store, scene, range(len(scene.grid)))
     first = finalise(store, tmp_path / "a")
     second = finalise(store, tmp_path / "b")
@@ -221,7 +222,7 @@ def test_two_finalises_give_identical_bytes(scene, tmp_path, clean_run) -> None:
 
 
 def test_resume_after_half_the_tiles_is_byte_identical(scene, tmp_path, clean_run) -> None:
-    path = tmp_path / "store.zarr"
+    path = tmp_path / "store.tiles"
     n = len(scene.grid)
     store = new_store(scene, path)
     write(store, scene, range(0, n, 2))
@@ -240,7 +241,7 @@ def test_resume_after_half_the_tiles_is_byte_identical(scene, tmp_path, clean_ru
 def test_write_order_and_concurrent_writers_do_not_change_bytes(scene, tmp_path, clean_run):
     order = list(range(len(scene.grid)))
     random.Random(3).shuffle(order)
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     # two writers with their own store handles, as separate Dask workers would have
     handles = [store, TileStore.open(store.path, fingerprint=FP)]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -251,10 +252,10 @@ def test_write_order_and_concurrent_writers_do_not_change_bytes(scene, tmp_path,
 
 
 def test_fingerprint_mismatch_is_clear_and_keeps_finished_work(scene, tmp_path) -> None:
-    path = tmp_path / "store.zarr"
+    path = tmp_path / "store.tiles"
     store = new_store(scene, path)
     write(store, scene, range(10))
-    before = {p.name: p.read_bytes() for p in (path / "finished").iterdir()}
+    before = {p.name: p.read_bytes() for p in (path / "tiles").iterdir()}
 
     with pytest.raises(StoreMismatchError, match=r"another job.*fingerprint.*10 finished"):
         new_store(scene, path, fingerprint="other-job")
@@ -265,7 +266,7 @@ def test_fingerprint_mismatch_is_clear_and_keeps_finished_work(scene, tmp_path) 
 
     again = new_store(scene, path)
     assert again.finished() == set(range(10))
-    assert {p.name: p.read_bytes() for p in (path / "finished").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (path / "tiles").iterdir()} == before
 
     wiped = new_store(scene, path, fingerprint="other-job", force=True)
     assert wiped.finished() == set() and wiped.fingerprint == "other-job"
@@ -278,7 +279,7 @@ def test_a_folder_that_is_not_a_store_is_not_touched(scene, tmp_path) -> None:
     with pytest.raises(StoreMismatchError, match="not a SPEX tile store"):
         new_store(scene, path)
     assert (path / "data.txt").read_text() == "keep me"
-    a_file = tmp_path / "store.zarr"
+    a_file = tmp_path / "store.tiles"
     a_file.write_text("not a store")
     with pytest.raises(StoreMismatchError, match="not a SPEX tile store"):
         new_store(scene, a_file)
@@ -286,23 +287,28 @@ def test_a_folder_that_is_not_a_store_is_not_touched(scene, tmp_path) -> None:
 
 
 def test_finalise_refuses_missing_and_damaged_tiles(scene, tmp_path) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     write(store, scene, range(len(scene.grid) - 1))
     out = tmp_path / "out"
     with pytest.raises(IncompleteStoreError, match=r"1 of 90 tiles not finished"):
         store.finalise(out / "m.tif")
     write(store, scene, [len(scene.grid) - 1])
-    marker = store.path / "finished" / "000004.json"
-    record = json.loads(marker.read_text())
-    marker.write_text(json.dumps({**record, "checksum": "0" * 32}))
+    tile_file = store.path / "tiles" / "000004.tile"
+    data = bytearray(tile_file.read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte, as blocks lost in a power cut would leave
+    tile_file.write_bytes(bytes(data))
     with pytest.raises(IncompleteStoreError, match="1 damaged"):
         store.finalise(out / "m.tif")
     assert 4 not in store.finished()
     assert not out.exists() or not any(out.iterdir())
+    write(store, scene, [4])  # the rerun computes it again
+    assert store.verify() == []
+    tile_file.write_bytes(tile_file.read_bytes()[:100])  # truncated
+    assert store.verify() == [4] and 4 not in store.finished()
 
 
 def test_wrong_tile_shapes_are_rejected(scene, tmp_path) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     t = scene.grid[0]
     with pytest.raises(ValueError, match="expected probability and valid of shape"):
         store.write_tile(t, np.zeros((10, 10), np.float32), np.ones((10, 10), bool))
@@ -313,7 +319,7 @@ def test_wrong_tile_shapes_are_rejected(scene, tmp_path) -> None:
 
 
 def test_write_batch_matches_tile_result_layout(scene, tmp_path) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     batch = scene.grid.batches(4)[0]
     probs = np.stack([scene.soft[t.slices] for t in batch])
     valid = np.stack([scene.valid[t.slices] for t in batch])
@@ -327,7 +333,7 @@ def test_write_batch_matches_tile_result_layout(scene, tmp_path) -> None:
 
 
 def test_unwritable_output_folder_is_a_clear_error_without_partial_files(scene, tmp_path):
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     write(store, scene, range(len(scene.grid)))
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output folder should be")
@@ -335,19 +341,17 @@ def test_unwritable_output_folder_is_a_clear_error_without_partial_files(scene, 
     with pytest.raises(OutputError, match=r"output folder .*not-a-folder/outputs is not writable"):
         store.finalise(bad / "m.tif")
     leftovers = [p.name for p in store.path.iterdir()]
-    assert sorted(leftovers) == ["finished", "probability", "valid", "zarr.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder", "store.zarr"]
+    assert sorted(leftovers) == ["store.json", "tiles"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder", "store.tiles"]
 
 
 def test_memory_is_bounded_by_tile_not_scene(scene, tmp_path) -> None:
-    store = new_store(scene, tmp_path / "store.zarr")
+    store = new_store(scene, tmp_path / "store.tiles")
     h, w = scene.grid.shape
-    for shape in store.chunk_shapes.values():
-        assert shape == (1, TILE, TILE)
-        assert shape[1] * shape[2] < h * w / 40
+    assert scene.grid.tile_height * scene.grid.tile_width < h * w / 40
     write(store, scene, range(len(scene.grid)))
-    # Measured in a fresh interpreter: allocator state left by other tests (zarr's IO
-    # thread, caches) must not blur what finalise itself holds.
+    # Measured in a fresh interpreter: allocator state left by other tests (caches)
+    # must not blur what finalise itself holds.
     script = f"""
 import tracemalloc
 from pipeline.stitching import TileStore
@@ -369,3 +373,71 @@ print(tracemalloc.get_traced_memory()[1])
     # One float64 scene-sized array would be h*w*8 bytes (1.7 MB); with 64 px windows
     # finalise holds a few window- and tile-sized arrays only (measured ~0.27 MB).
     assert peak < h * w * 8 / 4, peak
+
+
+# ---------------------------------------------------------- per-pixel stitching
+
+
+def test_each_pixel_has_exactly_one_owner(scene) -> None:
+    for grid in (scene.grid, plan_tiles(*scene.grid.shape, TILE, 0), plan_tiles(100, 70, 64, 0)):
+        owners = np.zeros(grid.shape, dtype=np.int32)
+        for t in grid:
+            r0, r1 = owned_span(grid.row_offsets, t.grid_row, grid.tile_height, grid.height)
+            c0, c1 = owned_span(grid.col_offsets, t.grid_col, grid.tile_width, grid.width)
+            assert t.row <= r0 and r1 <= t.row + t.height and t.col <= c0
+            owners[r0:r1, c0:c1] += 1
+        assert (owners == 1).all()
+
+
+@pytest.mark.parametrize("overlap", [OVERLAP, 0])
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_per_pixel_finalise_equals_blending(scene, tmp_path, kind, overlap) -> None:
+    """First-tile-wins stitching of a per-pixel extractor gives the blended outputs (and
+    the untiled ones), with or without overlapping tiles."""
+    prob = getattr(scene, kind)
+    grid = plan_tiles(*scene.grid.shape, TILE, overlap)
+    store = new_store(scene, tmp_path / "store.tiles", grid=grid)
+    write(store, scene, range(len(grid)), prob)
+    outputs = {}
+    for per_pixel in (False, True):
+        out = tmp_path / f"per_pixel_{per_pixel}"
+        m, p = store.finalise(out / "m.tif", out / "p.tif", window=96, per_pixel=per_pixel)
+        with rasterio.open(m) as mask, rasterio.open(p) as probability:
+            outputs[per_pixel] = (mask.read(1), probability.read(1))
+    np.testing.assert_array_equal(outputs[True][0], outputs[False][0])
+    np.testing.assert_array_equal(outputs[True][0], scene.untiled_mask(prob))
+    np.testing.assert_array_equal(outputs[True][1], np.where(scene.valid, prob, np.nan))
+    np.testing.assert_array_equal(outputs[True][1], outputs[False][1])
+
+
+# ------------------------------------------------------------------- tile files
+
+
+def test_tile_files_give_back_exactly_what_was_written() -> None:
+    rng = np.random.default_rng(0)
+    valid = rng.random((37, 53)) > 0.2
+    binary = (rng.random((37, 53)) > 0.5).astype(np.float32)
+    soft = rng.random((37, 53)).astype(np.float32)
+    soft[0, :5] = [np.nan, -0.0, np.inf, 1.0, 0.0]
+    signed_zero = binary.copy()
+    signed_zero[3, 3] = -0.0  # equal to 0.0 but not the same bits: not stored as bits
+    sizes = {}
+    for name, prob in (("binary", binary), ("soft", soft), ("signed_zero", signed_zero)):
+        data = encode_tile(prob, valid)
+        sizes[name] = len(data)
+        back, ok = decode_tile(data, prob.shape)
+        assert back.dtype == np.float32 and back.flags.writeable
+        assert np.array_equal(back.view(np.uint32), prob.view(np.uint32)), name
+        assert np.array_equal(ok, valid)
+    assert sizes["binary"] * 8 < sizes["soft"]  # 0/1 tiles are stored as bits
+    assert sizes["signed_zero"] > sizes["binary"]
+
+
+def test_damaged_tile_files_are_refused() -> None:
+    prob, valid = np.ones((16, 16), np.float32), np.ones((16, 16), bool)
+    data = encode_tile(prob, valid)
+    with pytest.raises(DamagedTileError, match="shape"):
+        decode_tile(data, (16, 17))
+    for damaged in (data[:-1], data[:20], b"", data[:-2] + b"\x00\x00", b"x" * len(data)):
+        with pytest.raises(DamagedTileError):
+            decode_tile(damaged, (16, 16))

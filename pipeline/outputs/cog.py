@@ -43,7 +43,6 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.dtypes import _gdal_typename
 from rasterio.errors import RasterioIOError
-from rio_cogeo.cogeo import cog_validate
 
 from pipeline.errors import OutputError
 from pipeline.outputs.atomic import atomic_path
@@ -252,7 +251,10 @@ def write_class_names(path: str | os.PathLike[str], style: BandStyle) -> Path:
 
 
 def validate_cog(path: str | os.PathLike[str]) -> tuple[bool, list[str], list[str]]:
-    """``(is_valid, errors, warnings)`` from rio-cogeo's ``cog_validate``."""
+    """``(is_valid, errors, warnings)`` from rio-cogeo's ``cog_validate`` (imported here:
+    it pulls in morecantile and pydantic, which a job that writes COGs does not need)."""
+    from rio_cogeo.cogeo import cog_validate
+
     with rasterio.Env(**GDAL_ENV):
         return cog_validate(str(path), quiet=True)
 

@@ -46,9 +46,8 @@ import rasterio.errors
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from rasterio.enums import Resampling
-from skimage.measure import label as label_regions
 
-from pipeline.apg import MAX_REGIONS, RegionAttributes, extract_regions
+from pipeline.apg import MAX_REGIONS, RegionAttributes, extract_regions, label_regions
 from pipeline.errors import OutputError, SceneError, SpexInputError
 from pipeline.outputs.descriptions import checked_markdown, summarise_descriptions
 from pipeline.outputs.narrative import scene_distribution, scene_narrative
@@ -377,7 +376,7 @@ def build_report(
     uniform = bool(np.all(row_area == row_area[0])) if height else True
     labels = None
     if regions and not uniform:
-        labels = label_regions(is_target, connectivity=2)  # same call as extract_regions
+        labels, _ = label_regions(is_target)  # the labels extract_regions used
     distribution = scene_distribution(is_target, row_area)
     del is_target, valid
 

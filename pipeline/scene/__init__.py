@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.errors import SceneError
+from pipeline.scene import windows
 from pipeline.scene.bands import detect_sensor, resolve_bands
 from pipeline.scene.checks import (
     DECIMATED_PIXELS,
@@ -120,12 +121,17 @@ def open_scene(
     enc_nodata = float(nodata) if nodata is not None else enc.nodata
     nd = tuple(tuple(nodata_values(raw.nodata[i], enc_nodata, dtype)) for i in keep)
     masked = da.map_blocks(mask_block, data.data, nd, dtype=np.float32)
+    recipe = _recipe(raw, keep, nd)
+    if recipe is not None:
+        windows.register(masked, recipe)
     rad = choose_radiometry(
         raw, keep, chosen, masked, enc, scale=scale, offset=offset, baseline=baseline
     )
     sc = np.asarray(rad.scales, np.float32)[:, None, None]
     of = np.asarray(rad.offsets, np.float32)[:, None, None]
     refl = (masked * sc + of).astype(np.float32)
+    if recipe is not None:
+        windows.register(refl, recipe.scaled(sc, of))
     codes = [b.code for b in chosen]
     check = (
         check_plausible(refl, codes, masked, rad, raw.where, enc, sens.name, dtype.name)
@@ -177,6 +183,24 @@ def open_scene(
         provenance=json.dumps(provenance, sort_keys=True, default=str),
     )
     return out
+
+
+def _recipe(
+    raw: _Raw, keep: list[int], nodata: tuple[tuple[float, ...], ...]
+) -> windows.PixelRecipe | None:
+    """What :mod:`.windows` needs to read this scene directly, when it can."""
+    if not raw.block_sources:
+        return None
+    every = list(range(raw.data.sizes["band"]))
+    return windows.PixelRecipe(
+        sources=raw.block_sources,
+        height=int(raw.data.sizes["y"]),
+        width=int(raw.data.sizes["x"]),
+        block=raw.block_shape,
+        nodata=nodata,
+        mask=mask_block,
+        keep=None if keep == every else tuple(keep),
+    )
 
 
 def _reopen_stored(raw: _Raw) -> xr.DataArray:

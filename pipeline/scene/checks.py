@@ -5,7 +5,6 @@ decimated samples for scene-level statistics, and the ``spex info`` description.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,10 +12,9 @@ import numpy as np
 import xarray as xr
 
 from pipeline.errors import MissingBandError, NoValidDataError, SceneError, SceneReadError
+from pipeline.samples import DECIMATED_PIXELS, sample_step
+from pipeline.scene import windows
 from pipeline.sensors import CANONICAL_BANDS
-
-#: Pixels read at most by decimated statistics (percentile fallback, nodata share).
-DECIMATED_PIXELS = 1_000_000
 
 
 def require_bands(scene: xr.DataArray, codes: Sequence[str], purpose: str) -> None:
@@ -66,11 +64,15 @@ def decimated_sample(
     Scene-level statistics (percentile fallback, nodata share, one Otsu threshold for all
     tiles) come from this so that their memory does not grow with the scene; dask reads
     chunk by chunk (one at a time: the synchronous scheduler) and keeps only the strided
-    pixels. Every chunk is read, so a corrupt one fails here (SceneReadError).
+    pixels. Every chunk is read, so a corrupt one fails here (SceneReadError). Scenes
+    read straight from raster files take :func:`pipeline.scene.windows.strided_sample`
+    (same values, each block decoded once, the sample shared by later callers).
     """
-    step = max(1, math.ceil(math.sqrt(scene.sizes["y"] * scene.sizes["x"] / max_pixels)))
+    step = sample_step(scene.sizes["y"], scene.sizes["x"], max_pixels)
     sample = scene.isel(y=slice(None, None, step), x=slice(None, None, step))
     try:
+        if windows.recipe_of(scene) is not None:
+            return sample.copy(data=windows.strided_sample(scene, step)), step
         return sample.compute(scheduler="synchronous"), step
     except SceneError:
         raise

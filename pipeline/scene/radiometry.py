@@ -34,7 +34,8 @@ import numpy as np
 
 from pipeline.encodings import Encoding, all_encodings, load_encoding, select_encoding
 from pipeline.errors import CatalogError, NoValidDataError, SceneError
-from pipeline.scene.checks import DECIMATED_PIXELS
+from pipeline.samples import DECIMATED_PIXELS, sample_step
+from pipeline.scene import windows
 from pipeline.scene.sources import _Raw
 from pipeline.sensors import Sensor, SensorBand
 
@@ -315,18 +316,23 @@ def choose_radiometry(
 # ------------------------------------------------------------------ plausibility
 
 
-def _check_sample(refl: da.Array, rows: int, cols: int) -> np.ndarray:
-    """Values of CHECK_GRID x CHECK_GRID windows spread over the scene (deterministic)."""
-    parts = []
+def _check_sample(data: da.Array, idx: list[int], rows: int, cols: int) -> np.ndarray:
+    """Values of bands ``idx`` in CHECK_GRID x CHECK_GRID windows spread over the scene
+    (deterministic), as (len(idx), n): read directly where :mod:`.windows` can."""
+    spots = []
     for i in range(CHECK_GRID):
         for j in range(CHECK_GRID):
             h, w = min(CHECK_WINDOW, rows), min(CHECK_WINDOW, cols)
             r0 = (rows - h) * i // max(1, CHECK_GRID - 1)
             c0 = (cols - w) * j // max(1, CHECK_GRID - 1)
-            parts.append(refl[:, r0 : r0 + h, c0 : c0 + w].reshape(refl.shape[0], -1))
+            spots.append((slice(r0, r0 + h), slice(c0, c0 + w)))
+    if windows.recipe_of(data) is not None:
+        parts = [windows.read_window(data, r, c)[idx].reshape(len(idx), -1) for r, c in spots]
+        return np.concatenate(parts, axis=1)
+    sub = data[idx]
+    lazy = [sub[:, r, c].reshape(len(idx), -1) for r, c in spots]
     # identical windows on small scenes are read once each, which is cheap
-    values = da.concatenate(parts, axis=1).compute(scheduler="synchronous")
-    return np.asarray(values)
+    return np.asarray(da.concatenate(lazy, axis=1).compute(scheduler="synchronous"))
 
 
 def check_plausible(
@@ -342,7 +348,7 @@ def check_plausible(
     """Refuse reflectance that cannot be reflectance; the observed figures otherwise."""
     idx = [i for i, c in enumerate(codes) if c in CHECK_BANDS] or list(range(len(codes)))
     rows, cols = refl.shape[1], refl.shape[2]
-    values = _check_sample(refl[idx], rows, cols)
+    values = _check_sample(refl, idx, rows, cols)
     valid = values[np.isfinite(values)]
     if valid.size == 0:
         return {"checked": False, "why": "no valid pixel in the sampled windows"}
@@ -358,7 +364,7 @@ def check_plausible(
     low, high = PLAUSIBLE_P99
     if low <= p99 <= high and p1 >= PLAUSIBLE_P1_MIN:
         return result
-    dn = np.asarray(_check_sample(masked[idx], rows, cols))
+    dn = _check_sample(masked, idx, rows, cols)
     dn = dn[np.isfinite(dn)]
     dn_p99 = float(np.percentile(dn, 99)) if dn.size else math.nan
     how = _describe_radiometry(radiometry, encoding)
@@ -438,5 +444,5 @@ def mask_block(block: np.ndarray, nodata: tuple[tuple[float, ...], ...]) -> np.n
 def _decimated(data: da.Array, max_pixels: int = DECIMATED_PIXELS) -> tuple[np.ndarray, int]:
     """A strided (band, y, x) sample of at most ~max_pixels pixels, and its step."""
     _, h, w = data.shape
-    step = max(1, math.ceil(math.sqrt(h * w / max_pixels)))
-    return np.asarray(data[:, ::step, ::step].compute(scheduler="synchronous")), step
+    step = sample_step(h, w, max_pixels)
+    return windows.strided_sample(data, step), step

@@ -128,10 +128,10 @@ def _close(handle: tuple[Any, ...]) -> None:
             obj.close()
 
 
-def _open_for(source: RasterBlockSource) -> Any:
+def _open_for(source: RasterBlockSource, st: os.stat_result) -> Any:
     """The thread's open dataset (or warped VRT) for ``source``; reopened when the file
-    changed (size or modification time), so a replaced file is never read stale."""
-    st = os.stat(source.path)
+    changed (size or modification time, from ``st``), so a replaced file is never read
+    stale."""
     key = (source.path, source.warp_to, source.resampling)
     handles = _handles()
     found = handles.get(key)
@@ -177,7 +177,7 @@ def _read_window(source: RasterBlockSource, window: Window) -> np.ndarray:
             return found
         with rasterio.Env(**READ_OPTIONS), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            block = _open_for(source).read(list(source.indexes), window=window)
+            block = _open_for(source, st).read(list(source.indexes), window=window)
     except (RasterioError, OSError) as exc:
         _forget(source)
         cause = exc.__cause__ or exc

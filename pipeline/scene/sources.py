@@ -82,6 +82,10 @@ class _Raw:
     meta_offset: list[float | None] = field(default_factory=list)
     meta_source: str | None = None
     facts: ProductFacts = field(default_factory=ProductFacts)
+    # the plain raster files under ``data`` (no warp, no JPEG 2000) and their block shape
+    # (rows, cols), which :mod:`.windows` can read directly; empty otherwise
+    block_sources: tuple[RasterBlockSource, ...] = ()
+    block_shape: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -184,7 +188,7 @@ def _target_grid(srcs: Sequence[rasterio.DatasetReader], resolution: float | Non
 
 def _lazy_on_grid(
     src: rasterio.DatasetReader, grid: Grid, chunks: int, resampling: str
-) -> tuple[da.Array, bool]:
+) -> tuple[da.Array, bool, RasterBlockSource]:
     """Every band of ``src`` lazily on ``grid``; warped per block when its grid differs."""
     same = (
         CRS.from_user_input(src.crs) == CRS.from_wkt(grid.crs_wkt)
@@ -199,7 +203,14 @@ def _lazy_on_grid(
         resampling=resampling,
         keep=not same or src.driver == "JP2OpenJPEG",
     )
-    return lazy_raster(source, grid.height, grid.width, chunks), not same
+    return lazy_raster(source, grid.height, grid.width, chunks), not same, source
+
+
+def _direct(sources: Sequence[RasterBlockSource]) -> tuple[RasterBlockSource, ...]:
+    """The sources if all of them can be read window by window as they are (see
+    :mod:`.windows`), else none."""
+    plain = all(s.warp_to is None and not s.keep for s in sources)
+    return tuple(sources) if plain else ()
 
 
 def _metadata_scales(src: rasterio.DatasetReader) -> tuple[list, list]:
@@ -217,9 +228,10 @@ def _read_raster_file(path: Path, chunks: int, resolution: float | None, resampl
         tags = {k: str(v) for k, v in src.tags().items()}
         nodata = list(src.nodatavals)
         grid = _target_grid([src], resolution)
-        data, warped = _lazy_on_grid(src, grid, chunks, resampling)
+        data, warped, source = _lazy_on_grid(src, grid, chunks, resampling)
         native_res = src.res[0]
         scales, offsets = _metadata_scales(src)
+        block = src.block_shapes[0]
     stored = _stored_scene_attrs(tags)
     kind = "description" if all(descriptions) else "none"
     return _Raw(
@@ -238,6 +250,8 @@ def _read_raster_file(path: Path, chunks: int, resolution: float | None, resampl
         meta_scale=scales,
         meta_offset=offsets,
         meta_source="GDAL band scale/offset" if any(s is not None for s in scales) else None,
+        block_sources=_direct([source]),
+        block_shape=(int(block[0]), int(block[1])),
     )
 
 
@@ -267,10 +281,11 @@ def _read_raster_set(
         if not srcs:
             raise SceneError(f"no single-band raster files among {[str(p) for p in paths]}")
         grid = _target_grid(srcs, resolution)
-        arrays, resampled, scales, offsets = [], [], [], []
+        arrays, resampled, scales, offsets, sources = [], [], [], [], []
         for src in srcs:
-            arr, warped = _lazy_on_grid(src, grid, chunks, resampling)
+            arr, warped, source = _lazy_on_grid(src, grid, chunks, resampling)
             arrays.append(arr)
+            sources.append(source)
             if warped:
                 resampled.append(f"{Path(src.name).name} ({src.res[0]:g} m)")
             s, o = _metadata_scales(src)
@@ -279,6 +294,7 @@ def _read_raster_set(
         nodata = [s.nodata for s in srcs]
         names = [str(Path(s.name)) for s in srcs]
         tags = {k: str(v) for k, v in srcs[0].tags().items()}
+        block = srcs[0].block_shapes[0]
     finally:
         for s in srcs:
             s.close()
@@ -304,6 +320,8 @@ def _read_raster_set(
         meta_scale=scales,
         meta_offset=offsets,
         meta_source="GDAL band scale/offset" if any(s is not None for s in scales) else None,
+        block_sources=_direct(sources),
+        block_shape=(int(block[0]), int(block[1])),
     )
 
 

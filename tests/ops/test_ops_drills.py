@@ -31,7 +31,7 @@ BERLIN = REPO / "samples" / "s2_l1c_berlin_20170216.tif"
 SPEX = Path(sys.executable).with_name("spex")
 STEM = "s2_l1c_berlin_20170216_water"
 FINAL = [f"{STEM}{s}" for s in (".tif", ".json", ".png", "_report.json", "_report.md")]
-N_TILES = 49  # 768 x 768 at --tile 128 --overlap 16
+N_TILES = 36  # 768 x 768 at --tile 128 (the index extractor is per-pixel: no overlap)
 
 
 def _cmd(out: Path) -> list[str]:
@@ -102,9 +102,9 @@ def _assert_no_partial_files(out: Path, *, failed: bool = True) -> None:
 
 
 def _markers(out: Path) -> dict[str, int]:
-    folder = out / ".spex-work" / f"{STEM}.zarr" / "finished"
+    folder = out / ".spex-work" / f"{STEM}.tiles" / "tiles"
     found = {}
-    for p in folder.glob("0*.json") if folder.is_dir() else []:
+    for p in folder.glob("0*.tile") if folder.is_dir() else []:
         try:
             found[p.name] = p.stat().st_mtime_ns
         except FileNotFoundError:  # renamed in as we looked
@@ -432,8 +432,8 @@ def test_drill_sigkill_inside_finalise_leaves_nothing_behind(
     ]
     for p in planted:
         p.write_bytes(b"half-written")
-    (out / ".spex-work" / f"{STEM}.zarr" / "finalise-abc123").mkdir()
-    (out / ".spex-work" / f"{STEM}.zarr" / "finalise-abc123" / "mask.tif").write_bytes(b"x")
+    (out / ".spex-work" / f"{STEM}.tiles" / "finalise-abc123").mkdir()
+    (out / ".spex-work" / f"{STEM}.tiles" / "finalise-abc123" / "mask.tif").write_bytes(b"x")
 
     rerun = subprocess.run(_cmd_all(out), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -462,7 +462,7 @@ def test_drill_late_failure_leaves_no_final_file(
     assert line.startswith("error: cannot write ") and "File too large" in line
     assert f"{out}/{STEM}" in line and " free in " in line and "needs up to" in line
     assert _finals(out) == []
-    assert len(list((out / ".spex-work" / f"{STEM}.zarr" / "finished").glob("0*.json"))) == N_TILES
+    assert len(list((out / ".spex-work" / f"{STEM}.tiles" / "tiles").glob("0*.tile"))) == N_TILES
     ok = subprocess.run(_cmd_all(out), capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     lost = sum((out / n).read_bytes() != data for n, data in clean_all.items())
