@@ -4,7 +4,8 @@ Why not resize: a 512 px tile squeezed into a 128 px input loses three quarters 
 resolution, and rivers, roads and single buildings with it. A tile is instead cut into
 windows of the model's input size at the scene's own pixel size (the grid of
 :func:`pipeline.tiling.plan_tiles`, last window shifted inward, overlapping by
-``overlap`` px), and the window predictions are blended back with the stitcher's own
+``overlap`` px, at most a quarter of a window), and the window predictions are blended
+back with the stitcher's own
 raised-cosine weights (:func:`pipeline.stitching.tile_weight`). A tile smaller than one
 window is padded (and the padding ignored). The result depends only on the tile, never
 on how tiles are batched.
@@ -22,7 +23,7 @@ from pipeline.tiling import Tile, TileGrid, plan_tiles
 
 def plan_windows(height: int, width: int, size: int, overlap: int) -> TileGrid:
     """The windows of a ``height`` x ``width`` tile (one padded window if it is smaller)."""
-    return plan_tiles(height, width, size, min(overlap, size - 1), allow_smaller_scene=True)
+    return plan_tiles(height, width, size, min(overlap, size // 4), allow_smaller_scene=True)
 
 
 def crop(a: np.ndarray, window: Tile, size: int, fill: float) -> np.ndarray:

@@ -75,6 +75,17 @@ def spex_config(cfg: TrainConfig):
     )
 
 
+def training_index(cfg: TrainConfig, targets: Sequence[str] | None = None) -> SpieIndex:
+    """The SPIE samples this run trains on (split, subsets, targets, held-out places)."""
+    return SpieIndex(
+        cfg.spie,
+        split=cfg.split,
+        subsets=cfg.subsets,
+        targets=targets,
+        exclude_places=cfg.exclude_places,
+    )
+
+
 def _record(cfg: TrainConfig, n: int, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "kind": KIND,
@@ -98,14 +109,17 @@ def stage0(
     """Visual pre-training: MVPNet on the train split of every labelled subset."""
     device = _device()
     torch.manual_seed(cfg.seed)
-    model = MVPNet(spex_config(cfg).encoder, tuple(cfg.bands), cfg.input_size).to(device)
-    index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets)
+    spex = spex_config(cfg)
+    model = MVPNet(spex).to(device)
+    index = training_index(cfg)
+    if not len(index):
+        raise ValueError(f"{cfg.spie}: no samples to train on (subsets {cfg.subsets})")
     sc = cfg.stage0
-    n_groups = len(index.images_with_masks())
+    n_items = sc.samples_per_epoch or len(index.images_with_masks())
 
     def batches(epoch: int):
         return seg_batches(
-            index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size, cfg.seed, epoch
+            index, spex, cfg.augment, sc.batch_size, cfg.seed, epoch, sc.samples_per_epoch
         )
 
     def loss(batch) -> dict[str, torch.Tensor]:
@@ -119,7 +133,7 @@ def stage0(
         {"vision": list(model.parameters())},
         sc,
         batches,
-        -(-n_groups // sc.batch_size),
+        -(-n_items // sc.batch_size),
         loss,
         device,
     )
@@ -141,16 +155,17 @@ def _text_stage(
     with_masks: bool,
 ) -> list[dict[str, Any]]:
     sc = cfg.stage(n)
-    index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets, targets=cfg.targets)
+    index = training_index(cfg, cfg.targets)
     if not len(index):
         raise ValueError(
-            f"{cfg.spie}: no train samples for subsets {cfg.subsets} and targets {cfg.targets}"
+            f"{cfg.spie}: no samples for subsets {cfg.subsets} and targets {cfg.targets}"
         )
     tok = model.llm.tokenizer
+    spex = model.config
 
     def batches(epoch: int):
         return text_batches(
-            index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size, cfg.seed + n, epoch
+            index, spex, cfg.augment, sc.batch_size, cfg.seed + n, epoch, sc.samples_per_epoch
         )
 
     def loss(batch) -> dict[str, torch.Tensor]:
@@ -162,6 +177,9 @@ def _text_stage(
             masks=batch.masks.to(device) if with_masks else None,
             mask_valid=batch.valid.to(device) if with_masks else None,
             targets=batch.targets,
+            prior=batch.prior.to(device),
+            prior_present=batch.prior_present.to(device),
+            text_grad=sc.text_grad,
         )
         parts = {"loss": out.loss, "text": out.text_loss}
         if with_masks:
@@ -175,7 +193,7 @@ def _text_stage(
         trainable_groups(model),
         sc,
         batches,
-        -(-len(index) // sc.batch_size),
+        -(-(sc.samples_per_epoch or len(index)) // sc.batch_size),
         loss,
         device,
     )

@@ -239,4 +239,3 @@ def main() -> None:
         where = f" ({error.filename})" if error.filename else ""
         typer.echo(f"error: cannot write output{where}: {error.strerror}", err=True)
         raise SystemExit(2) from None
-

@@ -141,4 +141,3 @@ def stats(
     except SpexInputError as exc:
         _fail(exc)
     typer.echo(json.dumps(result, indent=1) if as_json else format_stats(result))
-

@@ -172,6 +172,7 @@ class _Builder:
                 "seed": self.config.seed,
                 "split": asdict(self.spec.split),
                 "place": self.spec.place,
+                "catalog": self.spec.path,
                 **({"pseudo_labels": describe_rule()} if self.spec.pseudo else {}),
             }
             self.part = self.store.begin(self.spec.name, bands, self.size, meta)
