@@ -93,7 +93,7 @@ class InputConfig:
     """
 
     indices: tuple[str, ...] = DEFAULT_INDICES
-    required_bands: tuple[str, ...] = ("B", "G", "R", "N")
+    required_bands: tuple[str, ...] = ("G", "R", "N")
     reflectance_centre: float = 0.15
     reflectance_scale: float = 0.15
     # Prior of a target = prior_logit_scale * clip(z, -prior_clip, prior_clip), z the

@@ -191,11 +191,11 @@ def test_scene_missing_a_required_band_is_a_clear_error() -> None:
     """The model's other bands are zero-filled and flagged; the required ones are not."""
     six = ("B", "G", "R", "N", "S1", "S2")
     ex = SpexExtractor(build(six), device="cpu", settings=GEN)
-    assert ex.required_bands("water") == ("B", "G", "R", "N")
+    assert ex.required_bands("water") == ("G", "R", "N")
     assert ex.predict(synthetic_tiles(1)).probability.shape == (1, 48, 40)  # no SWIR: fine
     tiles = synthetic_tiles(1)
     no_nir = TileBatch(tiles.pixels[:, :3], tiles.valid, tiles.bands[:3], "water")
-    with pytest.raises(CheckpointError, match=r"requires bands B,G,R,N, .* missing N"):
+    with pytest.raises(CheckpointError, match=r"requires bands G,R,N, .* missing N"):
         ex.predict(no_nir)
     with pytest.raises(SpexInputError, match="trained for targets"):
         ex.required_bands("glacier")
