@@ -150,13 +150,16 @@ class SpexModel(nn.Module):
         prior: torch.Tensor | None = None,
         prior_present: torch.Tensor | None = None,
         text_grad: bool = True,
+        bce_weight: torch.Tensor | None = None,
     ) -> SpexOutput:
         """Teacher-forced pass over evidence ``pixels`` (B, C, S, S). ``masks`` (B, S, S)
         in {0, 1}; ``mask_valid`` (B, S, S) bool excludes unlabelled pixels from BCE and
         Dice. Without ``masks`` only the text loss is computed (stage 1). ``targets``:
         the target each instruction names; ``prior``: its prior logits (B, S, S).
         ``text_grad=False`` runs the LM without gradients (the text loss is then only
-        reported), which stage 2 uses to save the LM's backward pass."""
+        reported), which stage 2 uses to save the LM's backward pass. ``bce_weight``
+        (B, S, S): per-pixel BCE weights (default: ``mask_valid``), e.g. class-balanced
+        ones (model.training.data.balanced_weight)."""
         cfg = self.config
         b = pixels.shape[0]
         targets = list(targets) if targets is not None else []
@@ -174,7 +177,7 @@ class SpexModel(nn.Module):
             assert prompt.labels is not None and prompt.response_mask is not None
             text = self.llm.text_loss(hidden, prompt.labels)
         # A text loss without gradients only reports; it must not scale the mask losses.
-        loss = cfg.loss_text * text if text.requires_grad else torch.zeros_like(text)
+        loss = cfg.loss_text * text if text_grad else torch.zeros_like(text)
         if masks is None:
             return SpexOutput(loss, text, None, None, pixels.new_zeros((b, *pixels.shape[-2:])))
         if prior is None:
@@ -183,10 +186,11 @@ class SpexModel(nn.Module):
             maps, fused, hidden, prompt.response_mask, pixels, targets, prior, prior_present
         )
         weight = mask_valid.float() if mask_valid is not None else torch.ones_like(logits)
+        wb = bce_weight.float() if bce_weight is not None else weight
         target = masks.float()
         bce = (
-            F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none") * weight
-        ).sum() / weight.sum().clamp(min=1.0)
+            F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none") * wb
+        ).sum() / wb.sum().clamp(min=1e-6)
         dice = dice_loss(logits.float(), target, weight)
         loss = loss + cfg.loss_bce * bce + cfg.loss_dice * dice
         return SpexOutput(loss, text, bce, dice, logits)

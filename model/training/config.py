@@ -105,6 +105,10 @@ class TrainConfig:
     threads: int = 1
     response_tokens: int | None = 32
     loss_weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
+    # Class-balanced mask losses (model.training.data.balanced_weight; stage 0's
+    # partial-label CE per allowed-class pattern): positives and negatives weigh the same
+    # whatever share of them a data set happens to label.
+    balance_classes: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     stages: tuple[int, ...] = (0, 1, 2)
     stage0: StageConfig = field(default_factory=lambda: StageConfig(lr_vision=1e-3))

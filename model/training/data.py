@@ -517,6 +517,24 @@ def text_batches(
         )
 
 
+def balanced_weight(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) BCE weights in which, per sample, the target's pixels and the other
+    labelled pixels each carry half of the sample's labelled weight.
+
+    Why: how often a data set labels a class is a fact of how it was labelled (sparse
+    polygons drawn mostly on forest, land-use maps of farmland), not of the world; with
+    plain BCE a model learns those shares as a bias and carries it to scenes labelled
+    otherwise. Balanced, it learns what tells the classes apart. A sample with one class
+    only keeps half its weight."""
+    v = valid.float()
+    pos = masks.float() * v
+    neg = (1.0 - masks.float()) * v
+    n = v.flatten(1).sum(-1).clamp(min=1.0).reshape(-1, 1, 1)
+    n_pos = pos.flatten(1).sum(-1).clamp(min=1.0).reshape(-1, 1, 1)
+    n_neg = neg.flatten(1).sum(-1).clamp(min=1.0).reshape(-1, 1, 1)
+    return 0.5 * n * (pos / n_pos + neg / n_neg)
+
+
 def truncate_responses(responses: list[str], tokenizer: Any, n_tokens: int | None) -> list[str]:
     """Cut responses to the first ``n_tokens`` tokens: inference generates at most
     ``max_new_tokens`` tokens and the TCP pools over the response's hidden states, so

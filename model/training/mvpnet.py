@@ -124,15 +124,28 @@ class MVPNet(nn.Module):
         }
 
 
-def partial_label_ce(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels with any allowed class of ``-log sum_{allowed} softmax``."""
+def partial_label_ce(
+    logits: torch.Tensor, allowed: torch.Tensor, balance: bool = False
+) -> torch.Tensor:
+    """Mean over pixels with any allowed class of ``-log sum_{allowed} softmax``.
+
+    ``balance``: every pattern of allowed classes in the batch ("water", "not
+    vegetation", ...) weighs the same, so how often a data set happens to label one
+    class is not learnt as how likely that class is (see data.balanced_weight)."""
     logits = logits.float()
     used = allowed.any(dim=1)
     if not used.any():
         return logits.sum() * 0.0
     total = torch.logsumexp(logits, dim=1)
     inside = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1)
-    return (total - inside)[used].mean()
+    loss = (total - inside)[used]
+    if not balance:
+        return loss.mean()
+    bits = 2 ** torch.arange(allowed.shape[1], device=allowed.device).reshape(1, -1, 1, 1)
+    pattern = (allowed.long() * bits).sum(dim=1)[used]
+    _, inverse, counts = torch.unique(pattern, return_inverse=True, return_counts=True)
+    weight = 1.0 / (counts[inverse].float() * len(counts))
+    return (loss * weight).sum()
 
 
 def save_mvpnet(model: MVPNet, folder: str | Path, training: dict[str, Any] | None = None) -> Path:

@@ -34,6 +34,7 @@ from model.stages import set_stage, trainable_groups
 from model.training.config import TrainConfig
 from model.training.data import (
     SpieIndex,
+    balanced_weight,
     seg_batches,
     text_batches,
     truncate_responses,
@@ -124,7 +125,7 @@ def stage0(
 
     def loss(batch) -> dict[str, torch.Tensor]:
         logits = model(batch.pixels.to(device))
-        return {"loss": partial_label_ce(logits, batch.allowed.to(device))}
+        return {"loss": partial_label_ce(logits, batch.allowed.to(device), cfg.balance_classes)}
 
     stage = Stage(
         "stage0",
@@ -180,6 +181,9 @@ def _text_stage(
             prior=batch.prior.to(device),
             prior_present=batch.prior_present.to(device),
             text_grad=sc.text_grad,
+            bce_weight=balanced_weight(batch.masks, batch.valid).to(device)
+            if with_masks and cfg.balance_classes
+            else None,
         )
         parts = {"loss": out.loss, "text": out.text_loss}
         if with_masks:

@@ -14,6 +14,20 @@ from model.training.config import StageConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
+
+def _load_two_scenes():
+    import importlib.util
+
+    path = REPO / "tests" / "fixtures" / "two_scenes.py"
+    spec = importlib.util.spec_from_file_location("spex_two_scenes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_two_scenes = _load_two_scenes().write_two_scenes
+
 # The Berlin set's catalog, pointed at the 768x768 bundled crop and its label crop.
 SAMPLE_CATALOG = {
     "name": "sample-berlin",
@@ -45,6 +59,18 @@ SAMPLE_CATALOG = {
         "seed": 0,
     },
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread, as every training config here uses: on a shared 2-core
+    machine two threads fighting other processes made steps 5-10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +107,23 @@ def quick_config(sample_spie: Path, tmp_path: Path) -> TrainConfig:
         stage1=quick,
         stage2=quick,
     )
+
+
+# -- two small real scenes at two places: the bundled Berlin and Gewata samples ---------
+
+
+@pytest.fixture(scope="session")
+def two_scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Catalog files of two small real scenes at two places (tests/fixtures/two_scenes.py)."""
+    return write_two_scenes(tmp_path_factory.mktemp("two-scenes"))
+
+
+@pytest.fixture(scope="session")
+def two_scene_spie(two_scenes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SPIE store of the two small scenes."""
+    from pipeline.spie.build import build
+
+    store = tmp_path_factory.mktemp("two-scene-spie") / "spie"
+    for catalog in two_scenes.values():
+        build(str(catalog), store)
+    return store
