@@ -194,7 +194,7 @@ def eval_command(
     ] = False,
     config: Annotated[
         str, typer.Option("--config", help="With --loso: the training recipe.")
-    ] = "model/training/configs/tiny.yaml",
+    ] = "tiny",
     place: PlaceOpt = None,
 ) -> None:
     """Recall, precision, OA, F1, IoU per scene and target for index + Otsu, MVPNet and
