@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,36 +22,27 @@ from pipeline.spie.watch import detect_changes
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _two_scenes():
-    import importlib.util
-
-    path = REPO / "tests" / "fixtures" / "two_scenes.py"
-    spec = importlib.util.spec_from_file_location("spex_two_scenes_ops", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _catalog(tmp_path: Path) -> Path:
-    """A user's own labelled data set (a window of the bundled Berlin sample), at a
-    place of its own; the store already holds another place (the Gewata sample), so
-    leave-one-scene-out has two folds."""
-    fixtures = _two_scenes()
-    others = fixtures.write_two_scenes(tmp_path / "others")
+def _catalog(tmp_path: Path, two_scenes: dict[str, Path]) -> Path:
+    """A user's own labelled data set (a copy of the Berlin window of the bundled
+    sample) at a place of its own; the store already holds another place (the Gewata
+    sample), so leave-one-scene-out has two folds."""
     from pipeline.spie.build import build
 
-    build(str(others["crop-gewata"]), tmp_path / "spie")
+    build(str(two_scenes["crop-gewata"]), tmp_path / "spie")
+    entry = yaml.safe_load(two_scenes["crop-berlin"].read_text())
     data = tmp_path / "data"
-    fixtures.write_berlin(data)
+    shutil.copytree(entry["default_root"], data)
     catalog = tmp_path / "berlin-user.yaml"
-    catalog.write_text(yaml.safe_dump(fixtures.berlin_catalog("berlin-user", data, "berlin-user")))
+    user = {**entry, "name": "berlin-user", "place": "berlin-user", "default_root": str(data)}
+    catalog.write_text(yaml.safe_dump(user))
     return catalog
 
 
 @pytest.mark.slow
-def test_data_change_triggers_retraining(tmp_path: Path, prefect_server) -> None:
-    catalog = _catalog(tmp_path)
+def test_data_change_triggers_retraining(
+    tmp_path: Path, prefect_server, two_scenes: dict[str, Path]
+) -> None:
+    catalog = _catalog(tmp_path, two_scenes)
     state, registry = tmp_path / "watch", tmp_path / "registry"
     detect_changes([str(catalog)], state)  # the data set as it was at the last check
     prefect = prefect_server.cli
