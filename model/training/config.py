@@ -85,6 +85,9 @@ class TrainConfig:
     """A staged run: data, model, stages, loss weights and where to write."""
 
     spie: str = "out/spie"
+    # Data-set catalogs (names or paths) the SPIE store must hold; a run first builds the
+    # missing ones (the builder adds nothing twice). None: use the store as it is.
+    datasets: tuple[str, ...] | None = None
     out: str = "out/train/tiny"
     model: str = "tiny"
     bands: tuple[str, ...] = ("B", "G", "R", "N", "S1", "S2")

@@ -37,7 +37,7 @@ from model.training.evaluate import (
     iou_table,
     markdown_table,
 )
-from model.training.stages import final_model, product_dir, train
+from model.training.stages import final_model, prepare_data, product_dir, train
 from pipeline.outputs.atomic import atomic_write_text
 from pipeline.spie.store import SpieStore
 
@@ -184,6 +184,7 @@ def run_loso(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
+        prepare_data(cfg, progress)
         folds = loso_folds(cfg.spie, places)
         if len(folds) < 2 and places is None:
             raise ValueError(

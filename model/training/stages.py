@@ -76,6 +76,17 @@ def spex_config(cfg: TrainConfig):
     )
 
 
+def prepare_data(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> None:
+    """Build the config's data sets into its SPIE store where they are missing (a
+    store already holding them gains nothing; see pipeline.spie.build)."""
+    from pipeline.spie.build import build
+
+    for name in cfg.datasets or ():
+        report = build(name, cfg.spie)
+        if progress and report.n_samples:
+            progress(f"SPIE {name}: {report.n_samples} new samples")
+
+
 def training_index(cfg: TrainConfig, targets: Sequence[str] | None = None) -> SpieIndex:
     """The SPIE samples this run trains on (split, subsets, targets, held-out places)."""
     return SpieIndex(

@@ -112,7 +112,7 @@ def train_command(
 ) -> None:
     """Train SPEX in stages (0 MVPNet, 1 text, 2 text + mask); resumes a killed run."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from model.training.stages import final_model, per_target_config, train
+    from model.training.stages import final_model, per_target_config, prepare_data, train
 
     cfg = _load(config, out, spie, seed)
     if ship and not loso:
@@ -121,6 +121,10 @@ def train_command(
         raise _fail("--target and --loso do not combine: per-target runs are not selected")
     if target:
         cfg = per_target_config(cfg, target)
+    try:
+        prepare_data(cfg, lambda m: typer.echo(m, err=True))
+    except (OSError, ValueError) as exc:  # a data set that cannot be built
+        raise _fail(f"{exc} (check the config's datasets)") from exc
     _check_store(cfg.spie)
     start = time.perf_counter()
     if loso:
@@ -206,7 +210,8 @@ def eval_command(
         from model.training.loso import run_loso
 
         cfg = _load(config, out, spie if spie != "out/spie" else None, None)
-        _check_store(cfg.spie)
+        if not cfg.datasets:
+            _check_store(cfg.spie)
         try:
             record = run_loso(
                 cfg,
