@@ -296,7 +296,9 @@ def per_target_overrides(cfg: TrainConfig, targets: Sequence[str]) -> dict[str, 
     and 1 learn the image and the language, which every target shares), written to
     ``<out>-<targets>``. Evaluated beside the one-model-for-all as ``spex-per-target``.
     Returned as field overrides so that flows can pass them on as parameters."""
-    targets = tuple(targets)
+    from pipeline.targets import load_target
+
+    targets = tuple(load_target(t).name for t in targets)  # unknown: CatalogError
     return {
         "targets": targets,
         "stages": (2,),

@@ -120,7 +120,10 @@ def train_command(
     if target and loso:
         raise _fail("--target and --loso do not combine: per-target runs are not selected")
     if target:
-        cfg = per_target_config(cfg, target)
+        try:
+            cfg = per_target_config(cfg, target)
+        except ValueError as exc:
+            raise _fail(f"{exc} (check --target)") from exc
     try:
         prepare_data(cfg, lambda m: typer.echo(m, err=True))
     except (OSError, ValueError) as exc:  # a data set that cannot be built

@@ -30,7 +30,8 @@ def _spex(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["train", "--config", "smoke", "--ship"], "--ship needs --loso"),
         (["train", "--config", "smoke", "--loso", "--target", "water"], "do not combine"),
         (["eval", "--spex", "nowhere"], "check --spex"),
-        (["eval", "--loso", "--spie", "nowhere"], "is not a SPIE store"),
+        (["eval", "--loso", "--config", "smoke", "--spie", "nowhere"], "is not a SPIE store"),
+        (["train", "--config", "smoke", "--target", "glacier"], "unknown target"),
     ],
 )
 def test_bad_input_is_one_error_line(tmp_path: Path, args: list[str], message: str) -> None:
