@@ -146,3 +146,27 @@ def test_rule_without_a_baseline_scene_serves_nothing() -> None:
     assert not d.serve and "no held-out scene where both" in d.reason
     with pytest.raises(ValueError, match="two places"):
         run_loso(load_config("smoke", spie="/nonexistent"), "/tmp/never")
+
+
+@pytest.mark.slow
+def test_evaluate_spex_flow_runs_leave_one_scene_out(two_scene_spie: Path, tmp_path: Path) -> None:
+    """The evaluate-spex flow, through a real (test-harness) Prefect server, runs the
+    protocol with loso=true and returns the report and the goal check."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.evaluate_spex import evaluate_spex
+
+    out = tmp_path / "flow-loso"
+    with prefect_test_harness(server_startup_timeout=180):
+        result = evaluate_spex(
+            spie=str(two_scene_spie),
+            out_dir=str(out),
+            loso=True,
+            config="smoke",
+            places=["crop-gewata"],
+        )
+    assert Path(result["report"]).is_file() and "vegetation" in result["goal"]
+    rows = json.loads((out / "loso.json").read_text())["rows"]
+    assert {(r["set"], r["method"]) for r in rows} == {
+        ("crop-gewata", m) for m in ("index-otsu", "mvpnet", "spex")
+    }
