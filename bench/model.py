@@ -2,7 +2,7 @@
 
 Stages: APG (instruction from the tile), encoder (+ MSAM + prompt packing), LLM prefill,
 generation (KV-cache decode loop), TCP + mask decoder; 'other' is the rest of the
-extractor call (band selection, letterbox, resize back). The timers sit in the very code
+extractor call (evidence, native-resolution windows, blending). The timers sit in the code
 the extractor runs (model.timing.stage_timer), so this measures the production path.
 Weights are randomly initialised (seeded): timings do not depend on training, except
 that an untrained LM rarely stops early, so every tile uses the whole token budget.

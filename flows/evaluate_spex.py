@@ -1,17 +1,22 @@
-"""Prefect flow ``evaluate-spex``: the four-method evaluation on a SPIE split.
+"""Prefect flow ``evaluate-spex``: scene-level evaluation, or leave-one-scene-out.
 
-Thin recipe over :func:`model.training.evaluate.run_evaluation`; the IoU table and the
-goal check become Markdown artifacts, the full rows a table artifact.
+Thin recipe over :mod:`model.training.evaluate` (given weights on whole labelled scenes)
+and :mod:`model.training.loso` (``loso=True``: the training recipe once per held-out
+place, each scored on its scenes, and the per-target promotion decision). The IoU table
+and the decision become Markdown artifacts, the full rows a table artifact.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from model.training.evaluate import METHODS, iou_table, markdown_table, run_evaluation
+from model.training.config import load_config
+from model.training.evaluate import iou_table, run_evaluation
+from model.training.loso import LOSO_METHODS, loso_folds, run_loso
 
 
 @flow(name="evaluate-spex")
@@ -19,31 +24,45 @@ def evaluate_spex(
     spie: str = "out/spie",
     spex: str | None = "model/weights/default",
     mvpnet: str | None = "model/weights/mvpnet",
-    split: str = "test",
+    datasets: list[str] | None = None,
     out_dir: str = "out/eval",
     methods: list[str] | None = None,
     per_target: dict[str, str] | None = None,
+    loso: bool = False,
+    config: str = "model/training/configs/tiny.yaml",
+    places: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the given weights against index + Otsu on ``split``; ``per_target``
-    maps target -> checkpoint of a per-target model (method ``spex-per-target``)."""
+    """Score ``spex``/``mvpnet`` against index + Otsu on ``datasets`` (default: the
+    labelled subsets of ``spie``); with ``loso``, run leave-one-scene-out with the
+    ``config`` recipe instead (``places``: only these held out)."""
     logger = get_run_logger()
+    if loso:
+        record = run_loso(
+            load_config(config, spie=spie), out_dir, places=places, config_name=config,
+            progress=logger.info,
+        )  # fmt: skip
+        rows = record["rows"]
+        report = (Path(out_dir) / "loso.md").read_text()
+        create_markdown_artifact(key="evaluate-spex-loso", markdown=report)
+        create_table_artifact(key="evaluate-spex-loso-rows", table=rows)
+        logger.info("goal check: %s", record["goal"])
+        return {"report": str(Path(out_dir) / "loso.md"), "goal": record["goal"]}
+    names = datasets or [d for f in loso_folds(spie) for d in f.datasets]
     result = run_evaluation(
-        spie,
+        names,
         out_dir,
         spex=spex,
         mvpnet=mvpnet,
-        split=split,
-        methods=tuple(methods or METHODS),
+        methods=tuple(methods or LOSO_METHODS),
         progress=logger.info,
         per_target=per_target,
     )
     rows = result["rows"]
     create_markdown_artifact(
-        key=f"evaluate-spex-{split}",
-        markdown=f"# SPEX evaluation ({split})\n\n{iou_table(rows)}\n\n{markdown_table(rows)}\n\n"
-        f"goal: `{result['goal']}`",
+        key="evaluate-spex-scenes",
+        markdown=f"# SPEX scene-level evaluation\n\n{iou_table(rows)}\n\ngoal: `{result['goal']}`",
     )
-    create_table_artifact(key=f"evaluate-spex-{split}-rows", table=rows)
+    create_table_artifact(key="evaluate-spex-scenes-rows", table=rows)
     logger.info("goal check: %s", result["goal"])
     return {"paths": result["paths"], "goal": result["goal"]}
 

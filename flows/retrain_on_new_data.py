@@ -1,10 +1,14 @@
-"""Prefect flow ``retrain-on-new-data``: rebuild SPIE, train, evaluate, promote or keep.
+"""Prefect flow ``retrain-on-new-data``: rebuild SPIE, select by leave-one-scene-out,
+train, register, promote per target or keep.
 
-Triggered by ``spex.dataset.changed`` (flows/watch_datasets.py). The recipe:
-extend the SPIE store with the changed data set(s) -> train with the configured stages
--> evaluate the candidate and the current default on the same split -> register the
-candidate -> promote it only if it does not regress on any data set and target
-(:mod:`model.promotion`); otherwise keep the default and say why in the run's artifact.
+Triggered by ``spex.dataset.changed`` (flows/watch_datasets.py). The recipe: extend the
+SPIE store with the changed data set(s) -> leave-one-scene-out over every labelled place
+of the store with the configured recipe, then the recipe on every place
+(:func:`model.training.loso.run_loso`) -> the promotion rule per target
+(:mod:`model.promotion`: mean IoU above index + Otsu and no held-out scene worse by more
+than 0.05) -> register the candidate with its evidence -> promote it for the targets it
+wins, the index staying the default for the others; when it wins none, the current
+default stays and the run's artifact says why.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.generate_spie import generate_spie
-from flows.train_spex import train_spex
-from model.promotion import decide, iou_by_key
 from model.registry import ModelRegistry
-from model.training.evaluate import run_evaluation
+from model.training.config import load_config
+from model.training.loso import run_loso
 from pipeline.spie.watch import dataset_content_hash
 
 
@@ -30,67 +33,47 @@ def retrain_on_new_data(
     spie_dir: str = "out/spie",
     train_config: str = "model/training/configs/tiny.yaml",
     out_dir: str = "out/retrain",
-    split: str = "test",
-    tolerance: float = 0.0,
     registry: str | None = None,
 ) -> dict:
-    """Retrain on the changed data set(s) and promote only without regression."""
+    """Retrain on the changed data set(s); promote per target on held-out evidence."""
     logger = get_run_logger()
     names = [*(datasets or []), *([dataset] if dataset else [])]
     if not names:
         raise ValueError("retrain-on-new-data needs dataset= or datasets=")
     run = Path(out_dir) / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     generate_spie(datasets=names, out_dir=spie_dir)
-    trained = train_spex(config=train_config, out=str(run / "train"), spie=spie_dir)
-    candidate = trained["checkpoint"]
-    if candidate is None:
-        raise ValueError(f"{train_config} trains no SPEX stage (1 or 2): nothing to promote")
-
+    cfg = load_config(train_config, spie=spie_dir, out=str(run))
+    record = run_loso(cfg, run, final=True, config_name=train_config, progress=logger.info)
+    served = sorted(t for t, d in record["decisions"].items() if d["serve"])
+    reasons = "; ".join(d["reason"] for d in record["decisions"].values())
     reg = ModelRegistry(registry)
-    incumbent = reg.resolve("default")
-    method = "index-otsu" if incumbent == "index" else "spex"
-    incumbent_eval = run_evaluation(
-        spie_dir,
-        run / "eval-incumbent",
-        spex=None if incumbent == "index" else incumbent,
-        mvpnet=None,
-        split=split,
-        methods=(method,),
-    )
-    candidate_eval = run_evaluation(
-        spie_dir,
-        run / "eval-candidate",
-        spex=candidate,
-        mvpnet=None,
-        split=split,
-        methods=("spex",),
-    )
-    decision = decide(
-        iou_by_key(incumbent_eval["rows"], method),
-        iou_by_key(candidate_eval["rows"], "spex"),
-        incumbent_name=incumbent if incumbent == "index" else Path(incumbent).name,
-        candidate_name="candidate",
-        tolerance=tolerance,
-    )
     entry = reg.register(
-        candidate,
+        record["meta"]["final"]["spex"],
         training_data={name: dataset_content_hash(name) for name in names},
-        evaluation={"split": split, "rows": candidate_eval["rows"]},
-        notes=f"retrain-on-new-data {run.name}: {decision.reason}",
+        evaluation={
+            "protocol": "leave-one-scene-out",
+            "decisions": record["decisions"],
+            "rows": record["rows"],
+        },
+        notes=f"retrain-on-new-data {run.name}: "
+        + (f"promoted for {', '.join(served)}" if served else "not promoted")
+        + f" ({reasons})",
     )
-    if decision.promote:
-        reg.promote(entry.version)
-    logger.info("%s (registered as %s)", decision.reason, entry.version)
+    if served:
+        reg.promote(entry.version, targets=served)
+    logger.info("%s: default for %s (%s)", entry.version, served or "no target", reasons)
     create_markdown_artifact(
         key="retrain-decision",
         markdown=f"# Retraining on {', '.join(names)}\n\nCandidate registered as "
-        f"`{entry.version}`.\n\n{decision.markdown()}\n",
+        f"`{entry.version}`, default for: {', '.join(served) or 'no target'}.\n\n"
+        + (run / "loso.md").read_text(),
         description="promotion decision of retrain-on-new-data",
     )
     return {
         "version": entry.version,
-        "promoted": decision.promote,
-        "reason": decision.reason,
+        "promoted": bool(served),
+        "default_for": served,
+        "reason": reasons,
         "default": reg.default_version(),
         "run": str(run),
     }

@@ -1,9 +1,10 @@
 """Prefect flow ``train-spex``: the staged SPEX training as sub-flows.
 
-config file -> stage 0 (MVPNet) -> stage 1 (text) -> stage 2 (text + mask), each a
-sub-flow over :mod:`model.training.stages`; every epoch is checkpointed by the library,
-so re-running the flow (or a retry) resumes where an interruption stopped it. Losses go
-to the run log per epoch and to a table artifact per stage.
+config file -> its data sets into the SPIE store (those missing) -> stage 0 (MVPNet) ->
+stage 1 (text) -> stage 2 (text + mask), each a sub-flow over
+:mod:`model.training.stages`; every epoch is checkpointed by the library, so re-running
+the flow (or a retry) resumes where an interruption stopped it. Losses go to the run log
+per epoch and to a table artifact per stage.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from model.training.stages import (
     finished,
     load_state,
     per_target_overrides,
+    prepare_data,
     stage_dir,
 )
 
@@ -94,6 +96,7 @@ def train_spex(
     if targets:
         overrides |= per_target_overrides(load_config(config, **overrides), targets)
     cfg = load_config(config, **overrides)
+    prepare_data(cfg, get_run_logger().info)
     histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
     checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None
     lines = [f"# train-spex: {cfg.out}", "", f"final checkpoint: `{checkpoint}`", ""]

@@ -13,10 +13,10 @@ mask made with it says so.
 
 Recipe, kept close to the inference path so the weights fit what the job feeds them:
 
-- crops of ``crop`` px (the job's tile size) at seeded random offsets, each randomly
-  flipped/rotated; the APG runs on the full-resolution crop (as inference does per
-  tile), and the crop is letterboxed to the model's input size with the very function
-  inference uses; the APG mask is resized with nearest neighbour and padded as ignore;
+- crops of the model's input size (its native-resolution window) at seeded random
+  offsets, each randomly flipped/rotated; the APG runs on the crop (as inference does
+  per window), the evidence and prior come from the crop with the scene's index
+  statistics (model/evidence.py), as the extractor computes them;
 - stage-2 losses (text CE + BCE + Dice, weights from the config). Unlike the paper's
   stage 2 the LLM is NOT frozen by default (``trainable="all"``): the tiny LM is
   randomly initialised, so freezing it would leave nothing able to learn the text.
@@ -42,11 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.checkpoint import save_checkpoint
 from model.config import tiny
-from model.inference import letterbox
+from model.evidence import fit_scene_stats, tile_inputs
 from model.spex import SpexModel
 from model.stages import set_stage
 
@@ -64,7 +63,6 @@ class BriefTrainingSettings:
     target: str = "water"
     steps: int = 100
     batch_size: int = 4
-    crop: int = 256
     n_tiles: int = 48
     input_size: int = 128
     lr: float = 1e-3
@@ -87,8 +85,10 @@ class BriefTrainingSettings:
 class Example:
     """One training tile at model input size."""
 
-    pixels: torch.Tensor  # (C, S, S) float32, nodata zero-filled
-    mask: torch.Tensor  # (S, S) uint8: 1 target, 0 other, 255 ignore (nodata, padding)
+    pixels: torch.Tensor  # (C_ev, S, S) float32 evidence (model.evidence)
+    mask: torch.Tensor  # (S, S) uint8: 1 target, 0 other, 255 ignore (nodata)
+    prior: torch.Tensor  # (S, S) prior logits of the target
+    prior_present: bool
     instruction: str
     response: str
 
@@ -111,39 +111,40 @@ def describe_regions(target: str, regions: Sequence[Any], n_total: int) -> str:
     )
 
 
-def make_examples(s: BriefTrainingSettings) -> list[Example]:
+def make_examples(s: BriefTrainingSettings, bands: Sequence[str]) -> list[Example]:
     """Seeded crops of the scene with APG instructions, masks and template responses."""
     from pipeline.apg import run_apg
     from pipeline.scene import open_scene
 
     scene = open_scene(s.scene)
-    bands = tuple(str(b) for b in scene["band"].values)
+    scene_bands = tuple(str(b) for b in scene["band"].values)
     sensor = scene.attrs.get("sensor")
+    cfg = tiny(bands=tuple(bands), input_size=s.input_size)
+    stats = fit_scene_stats(scene, cfg)
     full = np.asarray(scene.data.compute(scheduler="synchronous"), dtype=np.float32)
     _, height, width = full.shape
-    if height < s.crop or width < s.crop:
-        raise ValueError(f"scene {height}x{width} is smaller than the {s.crop} px crop")
+    size = s.input_size
+    if height < size or width < size:
+        raise ValueError(f"scene {height}x{width} is smaller than the {size} px crop")
     rng = np.random.default_rng(s.seed)
     examples: list[Example] = []
     for _ in range(s.n_tiles):
-        r = int(rng.integers(0, height - s.crop + 1))
-        c = int(rng.integers(0, width - s.crop + 1))
-        px = full[:, r : r + s.crop, c : c + s.crop]
+        r = int(rng.integers(0, height - size + 1))
+        c = int(rng.integers(0, width - size + 1))
+        px = full[:, r : r + size, c : c + size]
         px = np.rot90(px, k=int(rng.integers(0, 4)), axes=(1, 2))
         if rng.random() < 0.5:
             px = px[:, :, ::-1]
         px = np.ascontiguousarray(px)
         valid = np.isfinite(px).all(axis=0)
-        apg = run_apg(px, bands, s.target, valid=valid, sensor=sensor)
-        x = torch.from_numpy(np.where(np.isfinite(px), px, 0.0).astype(np.float32))
-        x, (nh, nw) = letterbox(x[None], s.input_size)
-        m = torch.from_numpy(apg.mask.astype(np.float32))[None, None]
-        m = F.interpolate(m, size=(nh, nw), mode="nearest")
-        m = F.pad(m, (0, s.input_size - nw, 0, s.input_size - nh), value=IGNORE)
+        apg = run_apg(px, scene_bands, s.target, valid=valid, sensor=sensor)
+        ev, prior, present = tile_inputs(px, scene_bands, valid, s.target, stats, cfg)
         examples.append(
             Example(
-                pixels=x[0],
-                mask=m[0, 0].to(torch.uint8),
+                pixels=torch.from_numpy(ev),
+                mask=torch.from_numpy(apg.mask.astype(np.uint8)),
+                prior=torch.from_numpy(prior),
+                prior_present=present,
                 instruction=apg.instruction,
                 response=describe_regions(s.target, apg.regions, apg.n_regions_total),
             )
@@ -181,12 +182,9 @@ def _train(
 ) -> tuple[SpexModel, dict[str, Any]]:
     start = time.perf_counter()
     torch.manual_seed(s.seed)
-    examples = make_examples(s)
-    if bands is None:
-        from pipeline.scene import open_scene
-
-        bands = tuple(str(b) for b in open_scene(s.scene)["band"].values)
-    model = SpexModel(tiny(bands=tuple(bands), input_size=s.input_size))
+    bands = tuple(bands) if bands is not None else tiny().bands
+    examples = make_examples(s, bands)
+    model = SpexModel(tiny(bands=bands, input_size=s.input_size))
     if s.trainable == "stage2":
         params = set_stage(model, 2)
     else:
@@ -219,6 +217,8 @@ def _train(
             masks=torch.where(valid, masks, 0).float(),
             mask_valid=valid,
             targets=[s.target] * len(batch),
+            prior=torch.stack([e.prior for e in batch]),
+            prior_present=torch.tensor([e.prior_present for e in batch]),
         )
         opt.zero_grad(set_to_none=True)
         out_.loss.backward()
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="checkpoint folder to write")
     defaults = BriefTrainingSettings()
-    names = ("scene", "target", "steps", "batch_size", "crop", "n_tiles", "lr", "seed", "threads")
+    names = ("scene", "target", "steps", "batch_size", "n_tiles", "lr", "seed", "threads")
     for name in names:
         value = getattr(defaults, name)
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)

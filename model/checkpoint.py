@@ -65,15 +65,14 @@ def check_state_dict(
             )
 
 
-def check_bands(checkpoint_bands: tuple[str, ...], scene_bands: tuple[str, ...]) -> None:
-    """The scene must hold every band the checkpoint was trained on (extra bands are
-    fine; they are dropped and the rest reordered)."""
-    missing = [b for b in checkpoint_bands if b not in scene_bands]
+def check_bands(required: tuple[str, ...], scene_bands: tuple[str, ...]) -> None:
+    """The scene must hold every band the checkpoint requires (its other input bands are
+    zero-filled and flagged when absent; extra bands go to the APG only)."""
+    missing = [b for b in required if b not in scene_bands]
     if missing:
         raise CheckpointError(
-            f"checkpoint expects {len(checkpoint_bands)} input bands "
-            f"({','.join(checkpoint_bands)}), scene has {len(scene_bands)} "
-            f"({','.join(scene_bands)}); missing {','.join(missing)}"
+            f"checkpoint requires bands {','.join(required)}, scene has "
+            f"{','.join(scene_bands)}; missing {','.join(missing)}"
         )
 
 
@@ -197,8 +196,8 @@ def load_weights(model, weights: str | Path) -> None:
     if stem and stem in state and state[stem].shape[1] != expected[stem].shape[1]:
         n = state[stem].shape[1]
         raise CheckpointError(
-            f"{weights}: weights take {n} input bands but the config lists "
-            f"{expected[stem].shape[1]} ({','.join(model.config.bands)})"
+            f"{weights}: weights take {n} input channels but the config makes "
+            f"{expected[stem].shape[1]} (evidence of bands {','.join(model.config.bands)})"
         )
     check_state_dict(expected, state, source=str(weights))
     model.load_state_dict(state, strict=True)

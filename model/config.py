@@ -14,6 +14,8 @@ from typing import Any
 DEFAULT_BANDS: tuple[str, ...] = ("B", "G", "R", "N", "S1", "S2")
 #: The targets of catalogs/targets.yaml (a test keeps the two equal).
 DEFAULT_TARGETS: tuple[str, ...] = ("water", "vegetation", "building")
+#: Normalised-difference indices fed to the model as evidence (catalogs/indices.yaml).
+DEFAULT_INDICES: tuple[str, ...] = ("NDVI", "NDWI", "MNDWI", "NDBI")
 
 SYSTEM_PROMPT = (
     "You are a remote sensing assistant. You describe land-cover regions in "
@@ -80,8 +82,35 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """How a tile becomes the model's input evidence (model/evidence.py).
+
+    Every constant is physical or a priori, never fitted to the training scenes, so one
+    model serves every sensor: reflectance is shifted and scaled by fixed values, indices
+    are unitless, and the spectral priors are in units of the scene's own index spread.
+    ``required_bands``: a scene without one of these cannot be read at all; the other
+    bands of ``SpexConfig.bands`` are zero-filled and flagged when absent.
+    """
+
+    indices: tuple[str, ...] = DEFAULT_INDICES
+    required_bands: tuple[str, ...] = ("G", "R", "N")
+    reflectance_centre: float = 0.15
+    reflectance_scale: float = 0.15
+    # Prior of a target = prior_logit_scale * clip(z, -prior_clip, prior_clip), z the
+    # index's distance from the scene's Otsu threshold in spreads (target side > 0).
+    prior_clip: float = 3.0
+    prior_logit_scale: float = 2.0
+    # The prior where the target's index cannot be computed (no SWIR for NDBI): "not the
+    # target" with little confidence, so an untrained correction marks nothing.
+    absent_prior_logit: float = -2.0
+    # Windows of input_size px cut from a tile overlap by this much and are blended.
+    window_overlap: int = 32
+
+
+@dataclass(frozen=True)
 class SpexConfig:
-    """The whole model. ``bands`` is the checkpoint's input band list (canonical codes)."""
+    """The whole model. ``bands`` are the canonical bands of the input evidence (missing
+    ones zero-filled and flagged); ``prompt_targets`` the targets it extracts."""
 
     name: str = "tiny"
     bands: tuple[str, ...] = DEFAULT_BANDS
@@ -91,6 +120,9 @@ class SpexConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    inputs: InputConfig = field(default_factory=InputConfig)
+    # Width of the per-pixel spectral correction head (model/spectral_head.py).
+    spectral_hidden: int = 32
     system_prompt: str = SYSTEM_PROMPT
     max_new_tokens: int = 32
     # Greedy decoding never completes an n-gram it already generated (0: off, as in
@@ -98,9 +130,9 @@ class SpexConfig:
     # asked for; see model.llm.GenerationSettings.
     no_repeat_ngram_size: int = 0
     only_requested_target: bool = False
-    # Targets with a learned SAM prompt token of their own (model/target_token.py); empty:
-    # no target token (checkpoints written before it existed).
-    prompt_targets: tuple[str, ...] = ()
+    # The targets the model extracts: one learned SAM prompt token each
+    # (model/target_token.py), one spectral prior channel each (model/evidence.py).
+    prompt_targets: tuple[str, ...] = DEFAULT_TARGETS
     loss_text: float = 1.0
     loss_bce: float = 2.0
     loss_dice: float = 1.0
@@ -108,6 +140,11 @@ class SpexConfig:
     @property
     def num_bands(self) -> int:
         return len(self.bands)
+
+    @property
+    def input_channels(self) -> int:
+        """Evidence channels: bands, band-present flags, indices, one prior per target."""
+        return 2 * len(self.bands) + len(self.inputs.indices) + len(self.prompt_targets)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -117,12 +154,22 @@ class SpexConfig:
     def from_dict(cls, data: dict[str, Any]) -> SpexConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, so a newer checkpoint
         format fails loudly instead of silently dropping a setting."""
-        sub = {"encoder": EncoderConfig, "llm": LLMConfig, "decoder": DecoderConfig}
+        sub = {
+            "encoder": EncoderConfig,
+            "llm": LLMConfig,
+            "decoder": DecoderConfig,
+            "inputs": InputConfig,
+        }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown SPEX config keys: {sorted(unknown)}")
+        if "inputs" not in data:
+            raise ValueError(
+                "checkpoint predates evidence inputs (spectral priors, native resolution); "
+                "retrain it with 'spex train'"
+            )
         for key, value in data.items():
             if key in sub:
                 kwargs[key] = sub[key](**_tuples(value))
@@ -149,13 +196,12 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 def tiny(bands: tuple[str, ...] = DEFAULT_BANDS, **overrides: Any) -> SpexConfig:
     """CPU default: a small ConvNeXt (widths 16-128), a ~1.5M-parameter Qwen2, a SAM
-    decoder of width 64 with the fine-detail path and target tokens, 128 px inputs,
-    greedy decoding that never repeats an 8-token n-gram nor names another target.
-    Trains and runs on 2 cores."""
+    decoder of width 64 with the fine-detail path and target tokens, 128 px windows at
+    native resolution, greedy decoding that never repeats an 8-token n-gram nor names
+    another target. Trains and runs on 2 cores."""
     cfg = SpexConfig(
         name="tiny",
         bands=tuple(bands),
-        prompt_targets=DEFAULT_TARGETS,
         decoder=DecoderConfig(detail_features=True),
         no_repeat_ngram_size=8,
         only_requested_target=True,

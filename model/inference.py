@@ -1,15 +1,18 @@
-"""SPEX as a pipeline extractor: tiles -> APG instruction -> description + mask.
+"""SPEX as a pipeline extractor: tiles -> evidence + APG instruction -> description + mask.
 
-Per batch: the checkpoint's bands are picked (and reordered) from the tile's bands, NaN
-and invalid pixels are zero-filled, each tile is resized to the model's input size with
-aspect-preserving padding, the APG builds one instruction per tile from the full tile,
-the model generates the descriptions (KV cache, token budget, greedy by default, with the
-checkpoint's n-gram block) and decodes one mask per tile from their hidden states (the
-tokens are generated even when no text is wanted, ``TileBatch.describe`` False, because
-the mask comes from them; only their decoding into text is skipped), and the mask
-logits are cropped, resized back to the tile and squashed to probabilities. The APG runs
-per tile (its own Otsu threshold), as in the paper's training data, so ``fit_scene`` has
-nothing to do.
+``fit_scene`` measures the scene-level statistics of the spectral indices (Otsu
+threshold and spread from the pipeline's decimated read, :mod:`model.evidence`), as the
+index extractor does, so every tile's prior is the scene's index + Otsu mask. Per batch:
+each tile becomes its evidence stack (reflectance of the model's canonical bands, missing
+ones zero-filled and flagged; indices; one prior per target) and its target's prior
+logits, and is cut into windows of the model's input size at native resolution
+(:mod:`model.windows`); the APG builds one instruction per window from the window's own
+pixels (per-window Otsu, as in the training data); the model generates the descriptions
+(KV cache, token budget, greedy by default, with the checkpoint's n-gram block; the tokens
+are generated even when no text is wanted, ``TileBatch.describe`` False, because the
+mask comes from their hidden states; only their decoding into text is skipped) and
+decodes each window's mask as a correction of its prior; window probabilities are
+blended back into the tile.
 
 Pickling: an extraction plan (and its extractor) is pickled when tile batches run as
 Prefect tasks on Dask workers, and Prefect also pickles task inputs to hash them. An
@@ -36,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.checkpoint import (
     WEIGHTS,
@@ -46,16 +48,18 @@ from model.checkpoint import (
     sha256_file,
     sha256_state,
 )
+from model.evidence import SceneStats, fit_scene_stats, stats_to_json, tile_inputs
 from model.llm import GenerationSettings
 from model.spex import SpexModel
 from model.timing import stage_timer
+from model.windows import blend, central_window, crop, plan_windows
 from pipeline.errors import SpexInputError
 from pipeline.extractor import TileBatch, TileResult
 
 # (tile pixels (C, H, W) with NaN at nodata, band codes, target, valid (H, W)) -> text
 InstructionFn = Callable[[np.ndarray, tuple[str, ...], str, np.ndarray], str]
 
-VERSION = "1"
+VERSION = "2"
 
 # Models reloaded by unpickled extractors, keyed by (folder, weights sha256, device): a
 # Dask worker deserialises the plan once per task, and each copy must not load its own.
@@ -110,29 +114,6 @@ def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.Abstr
     return torch.autocast("cuda", dtype=dtype)
 
 
-def letterbox(x: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Resize (B, C, H, W) so the longer side is ``size``, pad bottom/right with zeros;
-    returns the padded batch and the (h, w) of the resized content."""
-    _, _, h, w = x.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        x = F.interpolate(
-            x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1
-        )
-    return F.pad(x, (0, size - nw, 0, size - nh)), (nh, nw)
-
-
-def unletterbox(
-    logits: torch.Tensor, content: tuple[int, int], out: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`letterbox` for (B, S, S) logits -> (B, H, W)."""
-    crop = logits[:, None, : content[0], : content[1]]
-    if crop.shape[-2:] != out:
-        crop = F.interpolate(crop, size=out, mode="bilinear", align_corners=False)
-    return crop[:, 0]
-
-
 class SpexExtractor:
     """The SPEX model behind :class:`pipeline.extractor.Extractor` (picklable when
     loaded from a checkpoint; see the module docstring)."""
@@ -161,6 +142,7 @@ class SpexExtractor:
         self.batch_size = batch_size
         self.instruction_fn = instruction_fn
         self.use_autocast = use_autocast
+        self.stats: SceneStats | None = None
         self._sha256 = weights_sha256
         # Absolute, so a worker whose working directory differs still finds it.
         self._checkpoint = Path(checkpoint).resolve() if checkpoint is not None else None
@@ -214,47 +196,63 @@ class SpexExtractor:
 
     # -- Extractor protocol -------------------------------------------------------------
     def required_bands(self, target: str) -> tuple[str, ...]:
-        """The checkpoint's input bands (the APG may use further bands when present).
-        Called when a job is planned, so a target the model has no prompt token for is
+        """The bands without which the model cannot read a scene (its other canonical
+        bands are zero-filled and flagged when absent; the APG uses any band present).
+        Called when a job is planned, so a target the model was not trained for is
         refused before any output exists."""
         known = tuple(self.config.prompt_targets)
-        if known and target not in known:
+        if target not in known:
             raise SpexInputError(
                 f"model {self.checkpoint or '(in memory)'} was trained for targets "
                 f"{list(known)}, not {target!r}"
             )
-        return tuple(self.config.bands)
+        return tuple(self.config.inputs.required_bands)
 
     def fit_scene(self, scene: Any, target: str) -> None:
-        """Nothing scene-level: the APG thresholds each tile, as in training."""
-        return None
+        """Scene-level index statistics (the priors' thresholds), from a decimated read."""
+        self.stats = fit_scene_stats(scene, self.config)
 
     def predict(self, batch: TileBatch, timings: dict[str, float] | None = None) -> TileResult:
         """Probabilities and descriptions; ``timings`` (optional) accumulates seconds per
         stage ('apg', 'encoder', 'llm_prefill', 'llm_generate', 'tcp_decoder')."""
-        check_bands(tuple(self.config.bands), tuple(batch.bands))
+        cfg = self.config
+        check_bands(tuple(cfg.inputs.required_bands), tuple(batch.bands))
+        bands = tuple(batch.bands)
         b, _, h, w = batch.pixels.shape
-        with stage_timer(timings, "apg"):
-            instructions = [
-                self.instruction_fn(
-                    batch.pixels[i], tuple(batch.bands), batch.target, batch.valid[i]
+        size = cfg.input_size
+        grid = plan_windows(h, w, size, cfg.inputs.window_overlap)
+        jobs: list[tuple[np.ndarray, np.ndarray, bool, str]] = []
+        for i in range(b):
+            raw = batch.pixels[i].astype(np.float32, copy=False)
+            valid = batch.valid[i] & np.isfinite(raw).all(axis=0)
+            ev, prior, present = tile_inputs(raw, bands, valid, batch.target, self.stats, cfg)
+            for window in grid:
+                win_raw = crop(raw, window, size, np.nan)
+                win_valid = crop(valid, window, size, False)
+                with stage_timer(timings, "apg"):
+                    instruction = self.instruction_fn(win_raw, bands, batch.target, win_valid)
+                jobs.append(
+                    (
+                        crop(ev, window, size, 0.0),
+                        crop(prior, window, size, cfg.inputs.absent_prior_logit),
+                        present,
+                        instruction,
+                    )
                 )
-                for i in range(b)
-            ]
-        idx = [batch.bands.index(code) for code in self.config.bands]
-        pixels = batch.pixels[:, idx].astype(np.float32, copy=False)
-        ok = batch.valid[:, None] & np.isfinite(pixels)
-        pixels = np.where(ok, pixels, 0.0).astype(np.float32)
+        window_probs: list[np.ndarray] = []
+        window_texts: list[str] = []
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            p, t = self._run(chunk, batch.target, timings, batch.describe)
+            window_probs.extend(p)
+            window_texts.extend(t)
+        n = len(grid)
+        centre = central_window(grid)
         probs = np.zeros((b, h, w), dtype=np.float32)
         texts: list[str] = []
-        for start in range(0, b, self.batch_size):
-            stop = min(b, start + self.batch_size)
-            x = torch.from_numpy(pixels[start:stop]).to(self.device)
-            p, t = self._run(
-                x, instructions[start:stop], batch.target, (h, w), timings, batch.describe
-            )
-            probs[start:stop] = p
-            texts.extend(t)
+        for i in range(b):
+            probs[i] = blend(grid, window_probs[i * n : (i + 1) * n])
+            texts.append(window_texts[i * n + centre])
         probs[~batch.valid] = 0.0
         if not batch.describe:
             return TileResult(probability=probs, texts=(None,) * b)
@@ -262,31 +260,33 @@ class SpexExtractor:
 
     def _run(
         self,
-        x: torch.Tensor,
-        instructions: list[str],
+        chunk: list[tuple[np.ndarray, np.ndarray, bool, str]],
         target: str,
-        out: tuple[int, int],
         timings: dict[str, float] | None = None,
         describe: bool = True,
-    ) -> tuple[np.ndarray, list[str]]:
-        padded, content = letterbox(x, self.config.input_size)
+    ) -> tuple[list[np.ndarray], list[str]]:
+        x = torch.from_numpy(np.stack([c[0] for c in chunk])).to(self.device)
+        prior = torch.from_numpy(np.stack([c[1] for c in chunk])).to(self.device)
+        present = torch.tensor([c[2] for c in chunk], device=self.device)
         bad = None
         if self.settings.only_requested_target:
             if target not in self._bad_words:
                 self._bad_words[target] = self._other_target_words(target)
-            bad = [self._bad_words[target]] * len(instructions)
+            bad = [self._bad_words[target]] * len(chunk)
         with autocast_for(self.device, self.use_autocast):
             pred = self.model.infer(
-                padded,
-                instructions,
+                x,
+                [c[3] for c in chunk],
                 self.settings,
                 timings,
-                targets=[target] * len(instructions),
+                targets=[target] * len(chunk),
+                prior=prior,
+                prior_present=present,
                 decode_text=describe,
                 bad_words=bad,
             )
-        logits = unletterbox(pred.mask_logits.float(), content, out)
-        return torch.sigmoid(logits).cpu().numpy().astype(np.float32), pred.texts
+        probs = torch.sigmoid(pred.mask_logits.float()).cpu().numpy().astype(np.float32)
+        return list(probs), pred.texts
 
     def _other_target_words(self, target: str) -> list[list[int]]:
         """Token sequences of the other targets' category words (as written at a
@@ -321,10 +321,13 @@ class SpexExtractor:
             "weights_sha256": self._sha256,
             "bands": list(cfg.bands),
             "input_size": cfg.input_size,
+            "windows": f"{cfg.input_size} px at native resolution, "
+            f"{cfg.inputs.window_overlap} px overlap",
+            "scene_index_stats": stats_to_json(self.stats) if self.stats is not None else None,
             "visual_token_budget": cfg.visual_token_budget,
             "tcp_tokens": cfg.tcp_tokens,
             "generation": asdict(self.settings),
-            "apg": "per-tile Otsu (pipeline.apg)",
+            "apg": "per-window Otsu (pipeline.apg); priors: scene-level Otsu (model.evidence)",
             "device": self.device.type,
             **({"training": self._training} if self._training is not None else {}),
         }

@@ -12,12 +12,15 @@ Layout of a registry folder::
     v0001-0f1e2d3c/            a checkpoint folder (model.safetensors, config.json, tokenizer/)
     v0002-1a2b3c4d/
 
-Without a promoted version, ``default`` falls back to the weights shipped with the
-project (``model/weights/default``) when they exist, else to the spectral-index extractor
-(``index``): a fresh clone always has a working default. The shipped folder may hold
-``default_for.json`` (``{"targets": [...], "basis": "..."}``): the targets for which those
-weights beat the spectral index on the validation split; for any other target ``default``
-stays ``index``, because a model is only worth shipping where it clearly does better.
+Default per target: a checkpoint folder may hold ``default_for.json`` (``{"targets":
+[...], "basis": "...", "evidence": {...}}``), written by leave-one-scene-out training
+(model/training/loso.py) from the promotion rule of :mod:`model.promotion`: the targets
+for which the model beat the spectral index on held-out scenes. For any other target
+``default`` means ``index``, because a model is only worth using where it does better.
+A promoted version records the targets it was promoted for (``default_for`` in the
+index). Without a promoted version, ``default`` falls back to the weights shipped with
+the project (``model/weights/default``) for the targets they serve, else to ``index``:
+a fresh clone always has a working default.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +43,8 @@ INDEX_FILE = "registry.json"
 WEIGHTS = "model.safetensors"
 SHIPPED_DEFAULT = Path(__file__).resolve().parent / "weights" / "default"
 DEFAULT_FOR = "default_for.json"
+#: ``--model spex``: the shipped SPEX weights for every target.
+SHIPPED_NAME = "spex"
 DEFAULT_ROOT_ENV = "SPEX_MODEL_REGISTRY"
 
 
@@ -62,9 +68,10 @@ class ModelEntry:
     notes: str = ""
 
 
-def shipped_default_targets(folder: Path = SHIPPED_DEFAULT) -> tuple[str, ...] | None:
-    """The targets the shipped weights are the default for (None: every target)."""
-    path = folder / DEFAULT_FOR
+def default_for_targets(folder: str | Path) -> tuple[str, ...] | None:
+    """The targets a checkpoint folder's ``default_for.json`` lists (None: no file, so
+    nothing restricts it)."""
+    path = Path(folder) / DEFAULT_FOR
     if not path.is_file():
         return None
     try:
@@ -72,6 +79,29 @@ def shipped_default_targets(folder: Path = SHIPPED_DEFAULT) -> tuple[str, ...] |
         return tuple(str(t) for t in data["targets"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CatalogError(f"{path}: expected {{'targets': [...]}} ({exc})") from exc
+
+
+def shipped_default_targets(folder: Path = SHIPPED_DEFAULT) -> tuple[str, ...] | None:
+    """The targets the shipped weights are the default for (None: every target)."""
+    return default_for_targets(folder)
+
+
+def write_default_for(checkpoint: str | Path, decisions: Any, command: str) -> Path:
+    """Write ``default_for.json`` next to a checkpoint from per-target promotion
+    decisions (:class:`model.promotion.TargetDecision`): the targets it serves, why,
+    and the per-scene evidence."""
+    from model.promotion import served_targets
+
+    path = Path(checkpoint) / DEFAULT_FOR
+    payload = {
+        "targets": served_targets(decisions),
+        "basis": "leave-one-scene-out promotion rule (model/promotion.py): "
+        + "; ".join(d.reason for d in decisions.values()),
+        "command": command,
+        "evidence": {t: d.as_dict() for t, d in decisions.items()},
+    }
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+    return path
 
 
 class ModelRegistry:
@@ -108,17 +138,31 @@ class ModelRegistry:
     def default_version(self) -> str | None:
         return self._index().get("default")
 
+    def default_targets(self) -> tuple[str, ...] | None:
+        """The targets the promoted version serves (None: every target)."""
+        targets = self._index().get("default_for")
+        return None if targets is None else tuple(targets)
+
     def resolve(self, name: str = "default", target: str | None = None) -> str:
         """What ``--model NAME`` means: a checkpoint folder path, or ``'index'``.
 
-        ``default`` is the promoted version, else the shipped weights (for ``target``
-        only when their ``default_for.json`` lists it), else ``index``.
+        ``default`` is the promoted version for the targets it was promoted for (index
+        for the others), else the shipped weights for the targets their
+        ``default_for.json`` lists, else ``index``. ``spex`` is the shipped weights for
+        any target, whether or not the promotion rule made them a default.
         """
+        if name == SHIPPED_NAME:
+            if not (SHIPPED_DEFAULT / WEIGHTS).is_file():
+                raise CatalogError(f"no SPEX weights are shipped in {SHIPPED_DEFAULT}")
+            return str(SHIPPED_DEFAULT)
         if name != "default":
             return self.get(name).path
         version = self.default_version()
         if version is not None:
-            return self.get(version).path
+            serves = self.default_targets()
+            if target is None or serves is None or target in serves:
+                return self.get(version).path
+            return "index"
         if (SHIPPED_DEFAULT / WEIGHTS).is_file():
             serves = shipped_default_targets()
             if target is None or serves is None or target in serves:
@@ -168,9 +212,13 @@ class ModelRegistry:
             self._write(index)
         return entry
 
-    def promote(self, version: str) -> ModelEntry:
-        """Make ``version`` the default; its weights are re-hashed first."""
+    def promote(self, version: str, targets: Sequence[str] | None = None) -> ModelEntry:
+        """Make ``version`` the default for ``targets`` (None: those its
+        ``default_for.json`` lists, or every target without one); its weights are
+        re-hashed first."""
         entry = self.get(version)
+        if targets is None:
+            targets = default_for_targets(entry.path)
         actual = sha256_file(Path(entry.path) / WEIGHTS)
         if actual != entry.weights_sha256:
             raise CheckpointError(
@@ -180,6 +228,7 @@ class ModelRegistry:
         with output_lock(self.root, "registry"):
             index = self._index()
             index["default"] = version
+            index["default_for"] = None if targets is None else sorted(targets)
             self._write(index)
         return entry
 

@@ -61,6 +61,7 @@ def _load_modeling() -> ModuleType:
 _modeling = _load_modeling()
 MaskDecoder = _modeling.MaskDecoder
 TwoWayTransformer = _modeling.TwoWayTransformer
+LayerNorm2d = sys.modules[f"{_modeling.__name__}.common"].LayerNorm2d
 PositionEmbeddingRandom = sys.modules[
     f"{_modeling.__name__}.prompt_encoder"
 ].PositionEmbeddingRandom
@@ -107,11 +108,18 @@ class BatchedMaskDecoder(MaskDecoder):
         return masks, self.iou_prediction_head(iou_token_out)
 
 
-class SpexMaskDecoder(nn.Module):
-    """Image embedding (B, D, h, w) + TCP tokens (B, K, D) -> mask logits (B, 1, 4h, 4w).
+#: Channels of SAM's mask-prompt encoder (its prompt_encoder's ``mask_in_chans``).
+MASK_IN_CHANS = 16
 
-    The TCP tokens are the sparse prompts; the dense prompt is SAM's no-mask embedding;
-    one mask out (SAM's single-mask output token).
+
+class SpexMaskDecoder(nn.Module):
+    """Image embedding (B, D, h, w) + prompt tokens (B, K, D) + optional dense mask prompt
+    (B, 1, 4h, 4w) -> mask logits (B, 1, 4h, 4w).
+
+    The TCP tokens (and the target token) are the sparse prompts. The dense prompt is a
+    coarse mask as logits, encoded by SAM's own mask-prompt encoder
+    (``mask_downscaling``: what SAM is built to refine); a sample without one gets SAM's
+    no-mask embedding. One mask out (SAM's single-mask output token).
     """
 
     def __init__(
@@ -130,6 +138,16 @@ class SpexMaskDecoder(nn.Module):
         )
         self.pe_layer = PositionEmbeddingRandom(dim // 2)
         self.no_mask_embed = nn.Embedding(1, dim)
+        c = MASK_IN_CHANS
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, c // 4, kernel_size=2, stride=2),
+            LayerNorm2d(c // 4),
+            nn.GELU(),
+            nn.Conv2d(c // 4, c, kernel_size=2, stride=2),
+            LayerNorm2d(c),
+            nn.GELU(),
+            nn.Conv2d(c, dim, kernel_size=1),
+        )
 
     def unused_parameters(self) -> list[nn.Parameter]:
         """Parameters the single-mask output never touches (IoU head, multimask MLPs);
@@ -140,15 +158,35 @@ class SpexMaskDecoder(nn.Module):
             params.extend(mlp.parameters())
         return params
 
+    def dense_embedding(
+        self, b: int, h: int, w: int, mask: torch.Tensor | None, present: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, D, h, w) dense prompt: the encoded mask where ``present``, else no-mask."""
+        none = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
+        if mask is None:
+            return none
+        encoded = self.mask_downscaling(mask.to(none.dtype))
+        if encoded.shape[-2:] != (h, w):
+            raise ValueError(
+                f"mask prompt must be 4x the embedding grid {(h, w)}, got {mask.shape}"
+            )
+        if present is None:
+            return encoded
+        return torch.where(present.reshape(b, 1, 1, 1), encoded, none)
+
     def forward(
         self,
         image_embedding: torch.Tensor,
         sparse: torch.Tensor,
         detail: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        mask_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``mask``: (B, 1, 4h, 4w) dense mask prompt (logits); ``mask_present`` (B,)
+        bool: which samples have one (the others get the no-mask embedding)."""
         b, _, h, w = image_embedding.shape
         image_pe = self.pe_layer((h, w)).unsqueeze(0).to(image_embedding.dtype)
-        dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
+        dense = self.dense_embedding(b, h, w, mask, mask_present)
         masks, _ = self.mask_decoder.predict_masks(
             image_embeddings=image_embedding,
             image_pe=image_pe,
@@ -159,8 +197,9 @@ class SpexMaskDecoder(nn.Module):
         return masks[:, :1]  # SAM's single-mask output (multimask_output=False)
 
     def load_sam_checkpoint(self, path: str | Path) -> None:
-        """Load the decoder (``mask_decoder.*``) and, when present, the no-mask embedding
-        and positional-encoding matrix (``prompt_encoder.*``) from a SAM ``.pth``."""
+        """Load the decoder (``mask_decoder.*``) and, when present, the no-mask embedding,
+        mask-prompt encoder and positional-encoding matrix (``prompt_encoder.*``) from a
+        SAM ``.pth``."""
         from model.checkpoint import CheckpointError, check_state_dict
 
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -180,6 +219,10 @@ class SpexMaskDecoder(nn.Module):
             "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": (
                 self.pe_layer.positional_encoding_gaussian_matrix
             ),
+            **{
+                f"prompt_encoder.mask_downscaling.{k}": v
+                for k, v in self.mask_downscaling.state_dict(keep_vars=True).items()
+            },
         }
         with torch.no_grad():
             for key, target in extra.items():

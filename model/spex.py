@@ -4,6 +4,16 @@
 from the config); ``infer`` is the inference pass (generated response). Both take the
 response's final-layer hidden states into the TCP, so the mask branch sees the same kind
 of input in training and at inference.
+
+The input is the evidence stack of :mod:`model.evidence` (reflectance, indices, spectral
+priors), and the mask is a learned *correction* of the target's spectral prior:
+
+    logits = prior + gate * SAM(image, prompts = TCP + target token, dense = prior)
+                   + spectral_head(evidence)
+
+The SAM decoder gets the prior as its dense mask prompt, which SAM is built to refine;
+the gate (a scalar) and the spectral head's last layer start at zero, so before
+training, and wherever training taught nothing, the mask is index + Otsu's.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from model.encoder import VisionEncoder
 from model.llm import GenerationSettings, LanguageModel
 from model.msam import MSAM, visual_tokens
 from model.sam_decoder import SpexMaskDecoder
+from model.spectral_head import SpectralHead
 from model.target_token import TargetTokens
 from model.tcp import TokenCompressionProjector
 from model.timing import stage_timer
@@ -52,7 +63,9 @@ class SpexModel(nn.Module):
 
     def __init__(self, cfg: SpexConfig, tokenizer=None) -> None:
         super().__init__()
-        self.encoder = VisionEncoder(cfg.encoder, cfg.num_bands)
+        if not cfg.prompt_targets:
+            raise ValueError("a SPEX model needs at least one target (prompt_targets)")
+        self.encoder = VisionEncoder(cfg.encoder, cfg.input_channels)
         self.llm = LanguageModel(cfg.llm, tokenizer=tokenizer)
         d_llm = self.llm.hidden_size
         d_dec = cfg.decoder.transformer_dim
@@ -66,7 +79,10 @@ class SpexModel(nn.Module):
         self.detail = (
             DetailFusion(self.encoder.channels[:2], d_dec // 8) if dc.detail_features else None
         )
-        self.target_tokens = TargetTokens(cfg.prompt_targets, d_dec) if cfg.prompt_targets else None
+        self.target_tokens = TargetTokens(cfg.prompt_targets, d_dec)
+        self.spectral = SpectralHead(cfg.input_channels, cfg.spectral_hidden, cfg.prompt_targets)
+        # How much of SAM's correction reaches the mask; 0 at first (module docstring).
+        self.mask_gate = nn.Parameter(torch.zeros(()))
         if dc.pretrained_path:
             self.decoder.load_sam_checkpoint(dc.pretrained_path)
         if cfg.encoder.pretrained_path:
@@ -77,11 +93,11 @@ class SpexModel(nn.Module):
 
     # -- shared pieces ------------------------------------------------------------------
     def encode_maps(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(B, C, S, S) -> (the encoder's 4 maps, fused stride-16 map (B, D_llm, S/16, S/16))."""
-        if pixels.shape[1] != self.config.num_bands:
+        """(B, C, S, S) evidence -> (the encoder's 4 maps, fused stride-16 map)."""
+        if pixels.shape[1] != self.config.input_channels:
             raise ValueError(
-                f"model expects {self.config.num_bands} bands {self.config.bands}, "
-                f"got {pixels.shape[1]} channels"
+                f"model expects {self.config.input_channels} evidence channels "
+                f"(model.evidence), got {pixels.shape[1]}"
             )
         maps = self.encoder(pixels)
         return maps, self.msam(maps)
@@ -96,22 +112,31 @@ class SpexModel(nn.Module):
         fused: torch.Tensor,
         hidden: torch.Tensor,
         mask: torch.Tensor,
-        size: int,
-        targets: Sequence[str] | None = None,
+        evidence: torch.Tensor,
+        targets: Sequence[str],
+        prior: torch.Tensor,
+        prior_present: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Response hidden states -> TCP prompts (+ the target token) -> SAM decoder ->
-        (B, size, size) logits."""
+        """(B, S, S) mask logits: the prior plus SAM's and the spectral head's corrections.
+
+        ``hidden``/``mask``: the response's hidden states and which are real tokens (TCP
+        input); ``prior`` (B, S, S) the target's prior logits; ``prior_present`` (B,)
+        whether each sample's prior comes from its index (else no dense prompt)."""
+        if len(targets) != hidden.shape[0]:
+            raise ValueError(
+                f"pass one target per tile (one of {list(self.target_tokens.targets)})"
+            )
         prompts = self.tcp(hidden, mask)
-        if self.target_tokens is not None:
-            if targets is None or len(targets) != prompts.shape[0]:
-                raise ValueError(
-                    f"this model prompts its decoder with the target: pass one target per "
-                    f"tile (one of {list(self.target_tokens.targets)})"
-                )
-            prompts = torch.cat([prompts, self.target_tokens(targets).to(prompts.dtype)], 1)
+        prompts = torch.cat([prompts, self.target_tokens(targets).to(prompts.dtype)], 1)
         detail = self.detail(maps) if self.detail is not None else None
-        logits = self.decoder(self.msam.decoder_embedding(fused), prompts, detail)
-        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        size = evidence.shape[-2:]
+        embedding = self.msam.decoder_embedding(fused)
+        grid = tuple(4 * n for n in embedding.shape[-2:])
+        dense = F.adaptive_avg_pool2d(prior[:, None].to(embedding.dtype), grid)
+        sam = self.decoder(embedding, prompts, detail, dense, prior_present)
+        sam = F.interpolate(sam, size=size, mode="bilinear", align_corners=False)[:, 0]
+        spectral = self.spectral(evidence, targets)
+        return prior.to(sam.dtype) + self.mask_gate.to(sam.dtype) * sam + spectral.to(sam.dtype)
 
     # -- training -----------------------------------------------------------------------
     def forward(
@@ -122,38 +147,52 @@ class SpexModel(nn.Module):
         masks: torch.Tensor | None = None,
         mask_valid: torch.Tensor | None = None,
         targets: Sequence[str] | None = None,
+        prior: torch.Tensor | None = None,
+        prior_present: torch.Tensor | None = None,
+        text_grad: bool = True,
+        bce_weight: torch.Tensor | None = None,
     ) -> SpexOutput:
-        """Teacher-forced pass. ``masks`` (B, S, S) in {0, 1}; ``mask_valid`` (B, S, S)
-        bool excludes padding/nodata from BCE and Dice. Without ``masks`` only the text
-        loss is computed (stage 1). ``targets``: the target each instruction names (for
-        the target token, when the model has one)."""
+        """Teacher-forced pass over evidence ``pixels`` (B, C, S, S). ``masks`` (B, S, S)
+        in {0, 1}; ``mask_valid`` (B, S, S) bool excludes unlabelled pixels from BCE and
+        Dice. Without ``masks`` only the text loss is computed (stage 1). ``targets``:
+        the target each instruction names; ``prior``: its prior logits (B, S, S).
+        ``text_grad=False`` runs the LM without gradients (the text loss is then only
+        reported), which stage 2 uses to save the LM's backward pass. ``bce_weight``
+        (B, S, S): per-pixel BCE weights (default: ``mask_valid``), e.g. class-balanced
+        ones (model.training.data.balanced_weight)."""
         cfg = self.config
+        b = pixels.shape[0]
+        targets = list(targets) if targets is not None else []
         maps, fused = self.encode_maps(pixels)
-        prompt = self.llm.pack(
-            visual_tokens(fused, cfg.visual_token_budget),
-            instructions,
-            cfg.system_prompt,
-            responses,
-        )
-        hidden, _ = self.llm.hidden_states(
-            prompt.embeds, prompt.attention_mask, prompt.position_ids
-        )
-        assert prompt.labels is not None and prompt.response_mask is not None
-        text = self.llm.text_loss(hidden, prompt.labels)
+        with torch.set_grad_enabled(text_grad and torch.is_grad_enabled()):
+            prompt = self.llm.pack(
+                visual_tokens(fused, cfg.visual_token_budget),
+                instructions,
+                cfg.system_prompt,
+                responses,
+            )
+            hidden, _ = self.llm.hidden_states(
+                prompt.embeds, prompt.attention_mask, prompt.position_ids
+            )
+            assert prompt.labels is not None and prompt.response_mask is not None
+            text = self.llm.text_loss(hidden, prompt.labels)
+        # A text loss without gradients only reports; it must not scale the mask losses.
+        loss = cfg.loss_text * text if text_grad else torch.zeros_like(text)
+        if masks is None:
+            return SpexOutput(loss, text, None, None, pixels.new_zeros((b, *pixels.shape[-2:])))
+        if prior is None:
+            raise ValueError("mask training needs the target's prior logits (model.evidence)")
         logits = self.decode_mask(
-            maps, fused, hidden, prompt.response_mask, pixels.shape[-1], targets
+            maps, fused, hidden, prompt.response_mask, pixels, targets, prior, prior_present
         )
-        loss = cfg.loss_text * text
-        bce = dice = None
-        if masks is not None:
-            weight = mask_valid.float() if mask_valid is not None else torch.ones_like(logits)
-            target = masks.float()
-            bce = (
-                F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-                * weight
-            ).sum() / weight.sum().clamp(min=1.0)
-            dice = dice_loss(logits.float(), target, weight)
-            loss = loss + cfg.loss_bce * bce + cfg.loss_dice * dice
+        weight = mask_valid.float() if mask_valid is not None else torch.ones_like(logits)
+        wb = bce_weight.float() if bce_weight is not None else weight
+        target = masks.float()
+        bce = (
+            F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none") * wb
+        ).sum() / wb.sum().clamp(min=1e-6)
+        dice = dice_loss(logits.float(), target, weight)
+        loss = loss + cfg.loss_bce * bce + cfg.loss_dice * dice
         return SpexOutput(loss, text, bce, dice, logits)
 
     # -- inference ----------------------------------------------------------------------
@@ -165,6 +204,8 @@ class SpexModel(nn.Module):
         settings: GenerationSettings | None = None,
         timings: dict[str, float] | None = None,
         targets: Sequence[str] | None = None,
+        prior: torch.Tensor | None = None,
+        prior_present: torch.Tensor | None = None,
         *,
         decode_text: bool = True,
         bad_words: list[list[list[int]]] | None = None,
@@ -175,6 +216,8 @@ class SpexModel(nn.Module):
         ``bad_words``: per tile, token sequences never to complete (see
         :meth:`model.llm.LanguageModel.generate`)."""
         cfg = self.config
+        if targets is None or prior is None:
+            raise ValueError("SPEX inference needs each tile's target and prior logits")
         settings = settings or GenerationSettings.for_model(cfg)
         with stage_timer(timings, "encoder", pixels):
             maps, fused = self.encode_maps(pixels)
@@ -185,7 +228,9 @@ class SpexModel(nn.Module):
             prompt, settings, timings, decode_text=decode_text, bad_words=bad_words
         )
         with stage_timer(timings, "tcp_decoder", pixels):
-            logits = self.decode_mask(maps, fused, gen.hidden, gen.mask, pixels.shape[-1], targets)
+            logits = self.decode_mask(
+                maps, fused, gen.hidden, gen.mask, pixels, list(targets), prior, prior_present
+            )
         return SpexPrediction(logits, gen.texts, gen.tokens)
 
 
@@ -209,7 +254,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "tcp": model.tcp,
         "decoder": model.decoder,
         "detail": model.detail or nn.Identity(),
-        "target_tokens": model.target_tokens or nn.Identity(),
+        "target_tokens": model.target_tokens,
+        "spectral": model.spectral,
     }
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     counts["lora"] = sum(p.numel() for n, p in model.llm.named_parameters() if "lora_" in n)

@@ -3,8 +3,9 @@
 Stage 1: encoder + MSAM trunk + LoRA learn from the text loss; the LLM base, the TCP,
 the decoder projection and the mask decoder stay frozen (nothing trains them yet).
 Stage 2: the LLM (base and LoRA) is frozen; encoder, MSAM (trunk and decoder
-projection), TCP, target tokens, mask decoder and its fine-detail path learn from text
-CE + BCE + Dice. The mask decoder's parameters that the single-mask output never uses
+projection), TCP, target tokens, mask decoder (with its mask-prompt encoder), its
+fine-detail path, the spectral head and the correction gate learn from text CE + BCE +
+Dice. The mask decoder's parameters that the single-mask output never uses
 stay frozen, so that the trainable set is exactly the set that receives gradients.
 """
 
@@ -30,7 +31,8 @@ def set_stage(model: SpexModel, stage: int) -> list[nn.Parameter]:
         model.msam.to_decoder.requires_grad_(True)
         model.tcp.requires_grad_(True)
         model.decoder.requires_grad_(True)
-        for part in (model.detail, model.target_tokens):
+        model.mask_gate.requires_grad_(True)
+        for part in (model.detail, model.target_tokens, model.spectral):
             if part is not None:
                 part.requires_grad_(True)
         for p in model.decoder.unused_parameters():
@@ -39,7 +41,15 @@ def set_stage(model: SpexModel, stage: int) -> list[nn.Parameter]:
 
 
 #: Parameter-name prefixes of the mask branch (stage 2's new parts).
-MASK_BRANCH = ("msam.to_decoder.", "tcp.", "decoder.", "detail.", "target_tokens.")
+MASK_BRANCH = (
+    "msam.to_decoder.",
+    "tcp.",
+    "decoder.",
+    "detail.",
+    "target_tokens.",
+    "spectral.",
+    "mask_gate",
+)
 
 
 def trainable_groups(model: SpexModel) -> dict[str, list[nn.Parameter]]:

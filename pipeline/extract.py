@@ -307,8 +307,8 @@ def load_extractor(
     'index' / 'index-tile': the spectral-index extractor (scene / per-tile Otsu);
     'default': the model registry's promoted version, else the weights shipped in
     ``model/weights/default`` for the targets they serve, else 'index' (see
-    :mod:`model.registry`); a registry version such as 'v0002-1a2b3c4d'; or a
-    checkpoint folder.
+    :mod:`model.registry`); 'spex': the shipped SPEX weights for any target; a registry
+    version such as 'v0002-1a2b3c4d'; or a checkpoint folder.
     """
     from pipeline.index_extractor import IndexExtractor
 
@@ -322,8 +322,8 @@ def load_extractor(
             model = ModelRegistry().resolve(model, target)
         except SpexInputError as exc:
             raise SpexInputError(
-                f"model {model!r} is neither 'index', 'index-tile', 'default', a registered "
-                f"version nor an existing checkpoint folder ({exc})"
+                f"model {model!r} is neither 'index', 'index-tile', 'default', 'spex', a "
+                f"registered version nor an existing checkpoint folder ({exc})"
             ) from exc
         if model == "index":
             return IndexExtractor(threshold_mode=threshold_mode)  # type: ignore[arg-type]

@@ -32,6 +32,20 @@ os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
+def two_scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Catalog files of two small real scenes at two places, cut from the bundled
+    samples (tests/fixtures/two_scenes.py): leave-one-scene-out and retraining tests."""
+    import importlib.util
+
+    path = REPO / "tests" / "fixtures" / "two_scenes.py"
+    spec = importlib.util.spec_from_file_location("spex_two_scenes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_two_scenes(tmp_path_factory.mktemp("two-scenes"))
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real scenes in ../shared/data; tests that need them skip when absent."""
     if not SHARED_DATA.is_dir():

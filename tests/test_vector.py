@@ -161,7 +161,7 @@ def test_spex_descriptions_reach_the_polygons(tmp_path: Path, monkeypatch) -> No
     and that description's truthfulness score, checked against the mask."""
     monkeypatch.setenv("SPEX_MODEL_REGISTRY", str(tmp_path / "empty-registry"))
     settings = ExtractionSettings(
-        target="water", model="default", tile=384, overlap=32, batch_size=4, formats=("gpkg",)
+        target="water", model="spex", tile=384, overlap=32, batch_size=4, formats=("gpkg",)
     )
     paths = run_extraction(str(BERLIN), settings, tmp_path / "out")
     polygons = gpd.read_file(paths["gpkg"])

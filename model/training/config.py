@@ -21,16 +21,38 @@ CLASSES: tuple[str, ...] = ("other", "vegetation", "water", "building")
 
 
 @dataclass(frozen=True)
+class BandDropout:
+    """With probability ``prob`` the sample loses ``bands`` (as a sensor without them:
+    zero-filled and flagged in the evidence, unknown to the APG)."""
+
+    bands: tuple[str, ...]
+    prob: float
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation suited to multispectral patches. Flips and 90-degree rotations keep
-    the pixel grid (no resampling of reflectances); the radiometric jitter scales each
-    band by ``1 + N(0, gain_std)`` and shifts it by ``N(0, offset_std)``, which mimics
-    calibration and atmosphere differences between sensors and dates."""
+    """Augmentation imitating what differs between sensors, dates and places.
+
+    Geometry: flips and 90-degree rotations keep the pixel grid. Radiometry (applied to
+    the crop and to its scene's pixel sample alike, so the scene-level index statistics
+    follow): each band scaled by ``1 + N(0, gain_std)`` and shifted by
+    ``N(0, offset_std)`` (calibration); with ``haze_prob``, haze of depth
+    ``U(0, haze_max)``: ``x (1 - h p_b) + h p_b * 0.3`` with ``haze_profile`` weights
+    ``p_b`` per band (path radiance falls with wavelength). Resolution: with
+    ``resolution_prob`` the crop is averaged over blocks of one of ``resolution_factors``
+    pixels and expanded back (a coarser sensor's pixels). Band dropout: see
+    :class:`BandDropout`."""
 
     flips: bool = True
     rot90: bool = True
     gain_std: float = 0.05
     offset_std: float = 0.01
+    haze_prob: float = 0.0
+    haze_max: float = 0.1
+    haze_profile: dict[str, float] = field(default_factory=dict)
+    resolution_prob: float = 0.0
+    resolution_factors: tuple[int, ...] = (2, 3)
+    band_dropout: tuple[BandDropout, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,8 +72,14 @@ class StageConfig:
     warmup_steps: int = 10
     max_steps_per_epoch: int | None = None
     llm: str = "lora"
+    # Samples drawn per epoch (places weigh equally, see model.training.data); None: one
+    # per SPIE sample (stages 1, 2) or per patch (stage 0), in a shuffled order.
+    samples_per_epoch: int | None = None
+    # Stage 2: backpropagate the text loss through the LM into the encoder (the paper)
+    # or run the LM without gradients (its loss then only reported; ~3x cheaper steps).
+    text_grad: bool = True
     # Stages 1 and 2: repeat each target's samples up to the most frequent target's count
-    # (model.training.data.text_rows), so the language side learns the rare targets too.
+    # (model.training.data.balance_targets), so the language side learns the rare targets.
     balance_targets: bool = False
 
 
@@ -60,23 +88,33 @@ class TrainConfig:
     """A staged run: data, model, stages, loss weights and where to write."""
 
     spie: str = "out/spie"
+    # Data-set catalogs (names or paths) the SPIE store must hold; a run first builds the
+    # missing ones (the builder adds nothing twice). None: use the store as it is.
+    datasets: tuple[str, ...] | None = None
     out: str = "out/train/tiny"
     model: str = "tiny"
-    bands: tuple[str, ...] = ("B", "G", "R", "N", "S1")
+    bands: tuple[str, ...] = ("B", "G", "R", "N", "S1", "S2")
     input_size: int = 128
     subsets: tuple[str, ...] | None = None
+    # Train on this SPIE split only (None: every split; leave-one-scene-out evaluation
+    # holds whole scenes out instead of blocks, model/training/loso.py).
+    split: str | None = None
+    # Places (data-set catalogs' ``place``) whose samples this run must not see: the
+    # held-out place of a leave-one-scene-out fold.
+    exclude_places: tuple[str, ...] = ()
     # Stages 1 and 2 train on these targets' samples only (None: every target); see
     # model.training.stages.per_target_config.
     targets: tuple[str, ...] | None = None
     # The SPEX checkpoint stage 2 starts from (None: this run's own stage-1 checkpoint).
     init_from: str | None = None
-    # The splits stages 1 and 2 train on (model.training.data.text_rows): a
-    # leave-one-scene-out run may take every split of the other scenes.
-    text_splits: tuple[str, ...] = ("train",)
     seed: int = 0
     threads: int = 1
     response_tokens: int | None = 32
     loss_weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
+    # Class-balanced mask losses (model.training.data.balanced_weight; stage 0's
+    # partial-label CE per allowed-class pattern): positives and negatives weigh the same
+    # whatever share of them a data set happens to label.
+    balance_classes: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     stages: tuple[int, ...] = (0, 1, 2)
     stage0: StageConfig = field(default_factory=lambda: StageConfig(lr_vision=1e-3))
@@ -99,6 +137,13 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     for key, value in data.items():
         if key == "augment":
             value = _build(AugmentConfig, value or {}, f"{where}.augment")
+        elif key == "band_dropout":
+            value = tuple(
+                _build(BandDropout, dict(v), f"{where}.band_dropout[{i}]")
+                for i, v in enumerate(value or [])
+            )
+        elif key == "haze_profile":
+            value = {str(k): float(v) for k, v in (value or {}).items()}
         elif key.startswith("stage") and key != "stages":
             value = _build(StageConfig, value or {}, f"{where}.{key}")
         elif isinstance(value, list):

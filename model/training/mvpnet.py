@@ -2,11 +2,14 @@
 
 The paper pre-trains its visual encoder as a plain segmentation network before the
 language stages; that network alone is the vision-only baseline ("MVPNet"). Here the
-encoder is exactly SPEX's :class:`model.encoder.VisionEncoder` (same config, so its
+encoder is exactly SPEX's :class:`model.encoder.VisionEncoder` on the same evidence
+input (:mod:`model.evidence`: reflectance, indices, spectral priors; same config, so its
 weights move into SPEX unchanged), and the head is the UperNet recipe in small: a
 pyramid-pooling module on the stride-32 map, a top-down feature pyramid with lateral
 1x1 convolutions, every level upsampled to stride 4, concatenated and fused, then a
-1x1 classifier over :data:`model.training.config.CLASSES`.
+1x1 classifier over :data:`model.training.config.CLASSES`. Unlike SPEX's mask, its
+output is not a correction of the prior: it is the plain segmentation baseline. It reads
+tiles in native-resolution windows like SPEX (:mod:`model.windows`).
 
 Labels differ per data set (Gewata labels only vegetation), so the loss is the
 partial-label cross-entropy ``-log sum_{k in allowed} p_k``: with one allowed class it
@@ -16,7 +19,6 @@ is the ordinary CE, with several it only says "one of these".
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.checkpoint import sha256_file
-from model.config import EncoderConfig
+from model.checkpoint import check_bands, sha256_file
+from model.config import SpexConfig
 from model.encoder import VisionEncoder
-from model.inference import letterbox, unletterbox
+from model.evidence import SceneStats, fit_scene_stats, stats_to_json, tile_inputs
 from model.training.config import CLASSES
+from model.windows import blend, crop, plan_windows
 from pipeline.extractor import TileBatch, TileResult
 
 WEIGHTS = "mvpnet.safetensors"
@@ -91,24 +94,22 @@ class UperHead(nn.Module):
 
 
 class MVPNet(nn.Module):
-    """Encoder + UperNet-style head; ``forward`` returns logits at input resolution."""
+    """Encoder + UperNet-style head; ``forward`` returns logits at input resolution.
+    ``spex``: the SPEX architecture whose encoder and evidence this network shares."""
 
     def __init__(
-        self,
-        encoder: EncoderConfig,
-        bands: tuple[str, ...],
-        input_size: int = 128,
-        head_dim: int = 64,
-        classes: tuple[str, ...] = CLASSES,
+        self, spex: SpexConfig, head_dim: int = 64, classes: tuple[str, ...] = CLASSES
     ) -> None:
         super().__init__()
-        self.bands = tuple(bands)
+        self.spex = spex.without_pretrained_paths()
         self.classes = tuple(classes)
-        self.input_size = input_size
-        self.encoder_config = encoder
         self.head_dim = head_dim
-        self.encoder = VisionEncoder(encoder, len(bands))
+        self.encoder = VisionEncoder(spex.encoder, spex.input_channels)
         self.head = UperHead(self.encoder.channels, head_dim, len(classes))
+
+    @property
+    def input_size(self) -> int:
+        return self.spex.input_size
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.encoder(pixels))
@@ -116,24 +117,35 @@ class MVPNet(nn.Module):
 
     def meta(self) -> dict[str, Any]:
         return {
-            "format": "mvpnet/1",
-            "bands": list(self.bands),
+            "format": "mvpnet/2",
             "classes": list(self.classes),
-            "input_size": self.input_size,
             "head_dim": self.head_dim,
-            "encoder": asdict(self.encoder_config),
+            "spex": self.spex.to_dict(),
         }
 
 
-def partial_label_ce(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels with any allowed class of ``-log sum_{allowed} softmax``."""
+def partial_label_ce(
+    logits: torch.Tensor, allowed: torch.Tensor, balance: bool = False
+) -> torch.Tensor:
+    """Mean over pixels with any allowed class of ``-log sum_{allowed} softmax``.
+
+    ``balance``: every pattern of allowed classes in the batch ("water", "not
+    vegetation", ...) weighs the same, so how often a data set happens to label one
+    class is not learnt as how likely that class is (see data.balanced_weight)."""
     logits = logits.float()
     used = allowed.any(dim=1)
     if not used.any():
         return logits.sum() * 0.0
     total = torch.logsumexp(logits, dim=1)
     inside = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=1)
-    return (total - inside)[used].mean()
+    loss = (total - inside)[used]
+    if not balance:
+        return loss.mean()
+    bits = 2 ** torch.arange(allowed.shape[1], device=allowed.device).reshape(1, -1, 1, 1)
+    pattern = (allowed.long() * bits).sum(dim=1)[used]
+    _, inverse, counts = torch.unique(pattern, return_inverse=True, return_counts=True)
+    weight = 1.0 / (counts[inverse].float() * len(counts))
+    return (loss * weight).sum()
 
 
 def save_mvpnet(model: MVPNet, folder: str | Path, training: dict[str, Any] | None = None) -> Path:
@@ -151,21 +163,16 @@ def save_mvpnet(model: MVPNet, folder: str | Path, training: dict[str, Any] | No
 def load_mvpnet(folder: str | Path, device: str | torch.device = "cpu") -> MVPNet:
     folder = Path(folder)
     meta = json.loads((folder / CONFIG).read_text())
-    enc = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["encoder"].items()}
-    model = MVPNet(
-        EncoderConfig(**enc),
-        tuple(meta["bands"]),
-        meta["input_size"],
-        meta["head_dim"],
-        tuple(meta["classes"]),
-    )
+    if meta.get("format") != "mvpnet/2":
+        raise ValueError(f"{folder}: MVPNet weights of format {meta.get('format')!r}; retrain")
+    model = MVPNet(SpexConfig.from_dict(meta["spex"]), meta["head_dim"], tuple(meta["classes"]))
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.to(device).eval()
 
 
 class MVPNetExtractor:
     """MVPNet behind :class:`pipeline.extractor.Extractor`: the target's softmax
-    probability, letterboxed exactly like SPEX's extractor."""
+    probability, on the evidence and native-resolution windows SPEX's extractor uses."""
 
     name = "mvpnet"
 
@@ -175,35 +182,44 @@ class MVPNetExtractor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sha256 = sha256
+        self.stats: SceneStats | None = None
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> MVPNetExtractor:
         return cls(load_mvpnet(folder, device), sha256_file(Path(folder) / WEIGHTS), device)
 
     def required_bands(self, target: str) -> tuple[str, ...]:
-        return self.model.bands
+        return tuple(self.model.spex.inputs.required_bands)
 
     def fit_scene(self, scene: Any, target: str) -> None:
-        return None
+        self.stats = fit_scene_stats(scene, self.model.spex)
 
     @torch.no_grad()
     def predict(self, batch: TileBatch) -> TileResult:
-        idx = [batch.bands.index(code) for code in self.model.bands]
-        px = batch.pixels[:, idx].astype(np.float32)
-        px = np.where(batch.valid[:, None] & np.isfinite(px), px, 0.0).astype(np.float32)
-        x, content = letterbox(torch.from_numpy(px).to(self.device), self.model.input_size)
-        logits = self.model(x)
+        cfg = self.model.spex
+        check_bands(tuple(cfg.inputs.required_bands), tuple(batch.bands))
+        b, _, h, w = batch.pixels.shape
+        size = cfg.input_size
+        grid = plan_windows(h, w, size, cfg.inputs.window_overlap)
         k = self.model.classes.index(batch.target)
-        prob = torch.softmax(logits.float(), dim=1)[:, k]
-        prob = unletterbox(prob, content, tuple(batch.valid.shape[-2:]))
-        out = prob.cpu().numpy().astype(np.float32)
+        out = np.zeros((b, h, w), dtype=np.float32)
+        for i in range(b):
+            raw = batch.pixels[i].astype(np.float32, copy=False)
+            valid = batch.valid[i] & np.isfinite(raw).all(axis=0)
+            ev, _, _ = tile_inputs(raw, batch.bands, valid, batch.target, self.stats, cfg)
+            x = torch.from_numpy(np.stack([crop(ev, win, size, 0.0) for win in grid]))
+            logits = self.model(x.to(self.device))
+            prob = torch.softmax(logits.float(), dim=1)[:, k].cpu().numpy()
+            out[i] = blend(grid, list(prob))
         out[~batch.valid] = 0.0
-        return TileResult(probability=out, texts=(None,) * out.shape[0])
+        return TileResult(probability=out, texts=(None,) * b)
 
     def provenance(self) -> dict[str, Any]:
+        cfg = self.model.spex
         return {
             "extractor": self.name,
             "weights_sha256": self.sha256,
-            "bands": list(self.model.bands),
-            "input_size": self.model.input_size,
+            "bands": list(cfg.bands),
+            "input_size": cfg.input_size,
+            "scene_index_stats": stats_to_json(self.stats) if self.stats is not None else None,
         }

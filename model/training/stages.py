@@ -34,9 +34,10 @@ from model.stages import set_stage, trainable_groups
 from model.training.config import TrainConfig
 from model.training.data import (
     SpieIndex,
+    balance_targets,
+    balanced_weight,
     seg_batches,
     text_batches,
-    text_rows,
     truncate_responses,
 )
 from model.training.loop import EpochCallback, Stage, StepCallback, load_state, run_stage
@@ -76,6 +77,28 @@ def spex_config(cfg: TrainConfig):
     )
 
 
+def prepare_data(cfg: TrainConfig, progress: Callable[[str], None] | None = None) -> None:
+    """Build the config's data sets into its SPIE store where they are missing (a
+    store already holding them gains nothing; see pipeline.spie.build)."""
+    from pipeline.spie.build import build
+
+    for name in cfg.datasets or ():
+        report = build(name, cfg.spie)
+        if progress and report.n_samples:
+            progress(f"SPIE {name}: {report.n_samples} new samples")
+
+
+def training_index(cfg: TrainConfig, targets: Sequence[str] | None = None) -> SpieIndex:
+    """The SPIE samples this run trains on (split, subsets, targets, held-out places)."""
+    return SpieIndex(
+        cfg.spie,
+        split=cfg.split,
+        subsets=cfg.subsets,
+        targets=targets,
+        exclude_places=cfg.exclude_places,
+    )
+
+
 def _record(cfg: TrainConfig, n: int, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "kind": KIND,
@@ -99,19 +122,22 @@ def stage0(
     """Visual pre-training: MVPNet on the train split of every labelled subset."""
     device = _device()
     torch.manual_seed(cfg.seed)
-    model = MVPNet(spex_config(cfg).encoder, tuple(cfg.bands), cfg.input_size).to(device)
-    index = SpieIndex(cfg.spie, split="train", subsets=cfg.subsets)
+    spex = spex_config(cfg)
+    model = MVPNet(spex).to(device)
+    index = training_index(cfg)
+    if not len(index):
+        raise ValueError(f"{cfg.spie}: no samples to train on (subsets {cfg.subsets})")
     sc = cfg.stage0
-    n_groups = len(index.images_with_masks())
+    n_items = sc.samples_per_epoch or len(index.images_with_masks())
 
     def batches(epoch: int):
         return seg_batches(
-            index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size, cfg.seed, epoch
+            index, spex, cfg.augment, sc.batch_size, cfg.seed, epoch, sc.samples_per_epoch
         )
 
     def loss(batch) -> dict[str, torch.Tensor]:
         logits = model(batch.pixels.to(device))
-        return {"loss": partial_label_ce(logits, batch.allowed.to(device))}
+        return {"loss": partial_label_ce(logits, batch.allowed.to(device), cfg.balance_classes)}
 
     stage = Stage(
         "stage0",
@@ -120,7 +146,7 @@ def stage0(
         {"vision": list(model.parameters())},
         sc,
         batches,
-        -(-n_groups // sc.batch_size),
+        -(-n_items // sc.batch_size),
         loss,
         device,
     )
@@ -142,18 +168,19 @@ def _text_stage(
     with_masks: bool,
 ) -> list[dict[str, Any]]:
     sc = cfg.stage(n)
-    index = SpieIndex(cfg.spie, subsets=cfg.subsets, targets=cfg.targets)
-    index.rows = text_rows(index.rows, cfg.text_splits, balance=sc.balance_targets, seed=cfg.seed)
+    index = training_index(cfg, cfg.targets)
+    if sc.balance_targets:
+        index.rows = balance_targets(index.rows, cfg.seed)
     if not len(index):
         raise ValueError(
-            f"{cfg.spie}: no {'/'.join(cfg.text_splits)} samples for subsets {cfg.subsets} "
-            f"and targets {cfg.targets}"
+            f"{cfg.spie}: no samples for subsets {cfg.subsets} and targets {cfg.targets}"
         )
     tok = model.llm.tokenizer
+    spex = model.config
 
     def batches(epoch: int):
         return text_batches(
-            index, cfg.bands, cfg.input_size, cfg.augment, sc.batch_size, cfg.seed + n, epoch
+            index, spex, cfg.augment, sc.batch_size, cfg.seed + n, epoch, sc.samples_per_epoch
         )
 
     def loss(batch) -> dict[str, torch.Tensor]:
@@ -165,6 +192,12 @@ def _text_stage(
             masks=batch.masks.to(device) if with_masks else None,
             mask_valid=batch.valid.to(device) if with_masks else None,
             targets=batch.targets,
+            prior=batch.prior.to(device),
+            prior_present=batch.prior_present.to(device),
+            text_grad=sc.text_grad,
+            bce_weight=balanced_weight(batch.masks, batch.valid).to(device)
+            if with_masks and cfg.balance_classes
+            else None,
         )
         parts = {"loss": out.loss, "text": out.text_loss}
         if with_masks:
@@ -178,7 +211,7 @@ def _text_stage(
         trainable_groups(model),
         sc,
         batches,
-        -(-len(index) // sc.batch_size),
+        -(-(sc.samples_per_epoch or len(index)) // sc.batch_size),
         loss,
         device,
     )
@@ -266,7 +299,9 @@ def per_target_overrides(cfg: TrainConfig, targets: Sequence[str]) -> dict[str, 
     and 1 learn the image and the language, which every target shares), written to
     ``<out>-<targets>``. Evaluated beside the one-model-for-all as ``spex-per-target``.
     Returned as field overrides so that flows can pass them on as parameters."""
-    targets = tuple(targets)
+    from pipeline.targets import load_target
+
+    targets = tuple(load_target(t).name for t in targets)  # unknown: CatalogError
     return {
         "targets": targets,
         "stages": (2,),

@@ -294,7 +294,9 @@ def extract(
         str,
         typer.Option(
             "--model",
-            help="'index', 'index-tile', 'default', a registered version or a checkpoint path.",
+            help="'index', 'index-tile', 'default' (per target: the model where the promotion "
+            "rule made it the default, else the index), 'spex' (the shipped SPEX weights), a "
+            "registered version or a checkpoint path.",
         ),
     ] = "default",
     sensor: SensorOpt = None,

@@ -12,6 +12,11 @@ by the catalog's rule) and each target the data set supports:
    the sample records why (``apg_note``);
 3. a response from the writer, checked and regenerated below the quality bar.
 
+Each source image also leaves a seeded sample of its valid pixels (scene-level index
+statistics for training, see pipeline/spie/store.py). A pseudo-labelled data set
+(``label_format: pseudo``) has no label files: its masks are the confident pseudo-labels
+of pipeline/spie/pseudo.py, computed over the whole image.
+
 Everything goes into one staged part of the output store; any error discards the stage,
 so a failed build leaves no partial output. Re-running over the same inputs adds nothing
 (samples are keyed by subset, source, patch and target); new images append a new part.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +42,7 @@ from pipeline.spie.catalog import DatasetSpec, load_dataset
 from pipeline.spie.errors import DatasetError
 from pipeline.spie.facts import sample_facts
 from pipeline.spie.patches import Patch, plan_patches
+from pipeline.spie.pseudo import describe_rule, pseudo_mask, pseudo_stats
 from pipeline.spie.quality import DEFAULT_BAR, LlmJudge, write_checked
 from pipeline.spie.readers import (
     NO_CLASS,
@@ -52,7 +59,10 @@ from pipeline.spie.splits import ItemSplitter
 from pipeline.spie.store import PartWriter, SpieStore
 from pipeline.targets import load_target
 
-__all__ = ["BuildConfig", "BuildReport", "build"]
+__all__ = ["SCENE_SAMPLE_PIXELS", "BuildConfig", "BuildReport", "build", "scene_sample"]
+
+#: Valid pixels drawn from each source image for its scene-level statistics.
+SCENE_SAMPLE_PIXELS = 4096
 
 
 @dataclass(frozen=True)
@@ -97,12 +107,22 @@ class BuildReport:
 Progress = Callable[[str, dict[str, Any]], None]
 
 
-def _window(ids: np.ndarray, p: Patch) -> np.ndarray:
-    part = ids[p.row : p.row + p.size, p.col : p.col + p.size]
-    if part.shape == (p.size, p.size):
-        return part
-    out = np.full((p.size, p.size), NO_CLASS, np.int32)
+def _window_mask(mask: np.ndarray, p: Patch) -> np.ndarray:
+    part = mask[p.row : p.row + p.size, p.col : p.col + p.size]
+    out = np.full((p.size, p.size), 255, np.uint8)
     out[: part.shape[0], : part.shape[1]] = part
+    return out
+
+
+def scene_sample(pixels: np.ndarray, key: str, n: int = SCENE_SAMPLE_PIXELS) -> np.ndarray:
+    """(band, n) float32: up to ``n`` valid pixels of a whole image, drawn with a seed
+    from ``key`` (same image, same sample); NaN-padded when the image has fewer."""
+    flat = pixels.reshape(pixels.shape[0], -1)
+    valid = np.flatnonzero(np.isfinite(flat).all(axis=0))
+    rng = np.random.default_rng(zlib.crc32(key.encode("utf-8")))
+    chosen = np.sort(rng.choice(valid, size=min(n, valid.size), replace=False))
+    out = np.full((pixels.shape[0], n), np.nan, np.float32)
+    out[:, : chosen.size] = flat[:, chosen]
     return out
 
 
@@ -151,6 +171,9 @@ class _Builder:
                 "quality_bar": self.config.quality_bar,
                 "seed": self.config.seed,
                 "split": asdict(self.spec.split),
+                "place": self.spec.place,
+                "catalog": self.spec.path,
+                **({"pseudo_labels": describe_rule()} if self.spec.pseudo else {}),
             }
             self.part = self.store.begin(self.spec.name, bands, self.size, meta)
         if self.part.bands != bands:
@@ -176,10 +199,26 @@ class _Builder:
         except MissingBandError as exc:
             return None, f"{index} not computable on {self.spec.sensor.name}: {exc}"
 
+    def _truth(self, item: Item, image: ImageSource) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Per-target masks of the whole image (1 / 0 / 255) and where any label is."""
+        spec = self.spec
+        if spec.pseudo:
+            full = image.whole()
+            valid = np.isfinite(full).all(axis=0)
+            stats = pseudo_stats(full, image.bands, list(spec.targets), valid)
+            masks = {t: pseudo_mask(full, image.bands, valid, t, stats) for t in spec.targets}
+            labelled = np.zeros(valid.shape, bool)
+            for m in masks.values():
+                labelled |= m != 255
+            return masks, labelled
+        ids = read_class_ids(spec, item, image)
+        masks = {t: target_mask(ids, spec, t) for t in spec.targets}
+        return masks, (ids != NO_CLASS) & ~np.isin(ids, spec.ignore)
+
     def item(self, item: Item, split: str | None) -> None:
         spec, report = self.spec, self.report
         image = open_image(spec, item)
-        ids = read_class_ids(spec, item, image)
+        truth, labelled_full = self._truth(item, image)
         layers = {k: read_index_layer(v, image) for k, v in item.index_layers.items()}
         patches = plan_patches(
             image.height, image.width, self.size, spec.split, split, what=f"image {item.id}"
@@ -187,15 +226,18 @@ class _Builder:
         report.n_images += 1
         if self.progress:
             self.progress("patches", {"image": item.id, "patches": len(patches)})
-        label_rel = item.label.relative_to(self.root.resolve()).as_posix()
+        label_rel = (
+            "pseudo" if spec.pseudo else item.label.relative_to(self.root.resolve()).as_posix()
+        )
+        scene_row = None
         for p in patches:
             if self.progress:
                 self.progress("patch", {"samples": report.n_samples})
             report.n_patches += 1
             pixels = image.read(p.row, p.col, p.size)
-            window = _window(ids, p)
             image_ok = np.isfinite(pixels).all(axis=0)
-            labelled = (window != NO_CLASS) & ~np.isin(window, spec.ignore) & image_ok
+            labelled = _window_mask(labelled_full.astype(np.uint8), p) == 1
+            labelled &= image_ok
             if labelled.mean() < self.min_valid:
                 report.n_skipped_patches += 1
                 continue
@@ -205,7 +247,7 @@ class _Builder:
                 if key in self.existing:
                     report.n_existing += 1
                     continue
-                mask = target_mask(window, spec, target)
+                mask = _window_mask(truth[target], p)
                 mask[~image_ok] = 255
                 index = load_target(target).index
                 layer = _pad(layers[index], p) if index in layers else None
@@ -235,6 +277,10 @@ class _Builder:
                 if note:
                     report.apg_notes[note] = report.apg_notes.get(note, 0) + 1
                 part = self._part(image.bands)
+                if scene_row is None:
+                    scene_row = part.add_scene(
+                        scene_sample(image.decimated(), f"{spec.name}:{item.id}")
+                    )
                 if image_row is None:
                     image_row = part.add_image(pixels)
                 crs, transform = _geo(image, p)
@@ -270,6 +316,7 @@ class _Builder:
                     "transform": transform,
                     "part": "",
                     "image_row": image_row,
+                    "scene_row": scene_row,
                 }
                 part.add_sample(row, pixels, mask)
                 report.n_samples += 1

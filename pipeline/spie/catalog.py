@@ -42,7 +42,8 @@ __all__ = [
 #: Split names, in the order stats print them.
 SPLITS = ("train", "val", "test")
 SPLIT_METHODS = ("blocks", "hash", "lists", "pattern")
-LABEL_FORMATS = ("raster", "geojson")
+#: ``pseudo``: no label files; confident pseudo-labels from the image (pipeline/spie/pseudo.py).
+LABEL_FORMATS = ("raster", "geojson", "pseudo")
 LABEL_ENCODINGS = ("index", "rgb")
 MISSING_INDEX_POLICIES = ("skip", "empty-prompt")
 #: Project folder: ``default_root`` entries are relative to it.
@@ -62,6 +63,8 @@ _TOP_KEYS = {
     "palette",
     "ignore",
     "targets",
+    "ignore_for",
+    "place",
     "patch",
     "split",
     "apg",
@@ -80,7 +83,7 @@ class Layout:
     """
 
     images: str
-    labels: str
+    labels: str  # empty for pseudo-labels
     pattern: str | None = None
     label_format: str = "raster"
     label_encoding: str = "index"
@@ -129,6 +132,11 @@ class DatasetSpec:
     split: SplitSpec
     patch: PatchSpec
     ignore: tuple[int, ...] = ()
+    # Classes ignored for one target only (e.g. pasture: neither vegetation nor not).
+    ignore_for: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Where on Earth the data set lies: sets sharing a place are held out together in
+    # leave-one-scene-out evaluation (e.g. two label layers of the same images).
+    place: str = ""
     palette: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     open_kwargs: dict[str, Any] = field(default_factory=dict)
     georeferenced: bool = True
@@ -162,6 +170,11 @@ class DatasetSpec:
 
     def class_name(self, class_id: int) -> str:
         return self.classes.get(class_id, f"class {class_id}")
+
+    @property
+    def pseudo(self) -> bool:
+        """Labels are confident pseudo-labels from the image, not files."""
+        return self.layout.label_format == "pseudo"
 
 
 def _catalog_dir() -> Path:
@@ -231,7 +244,12 @@ def resolve_inside(root: Path, relative: str) -> Path:
 
 def _layout(raw: dict[str, Any], where: str) -> Layout:
     images = check_relative(str(_req(raw, "images", where)), "layout.images", where)
-    labels = check_relative(str(_req(raw, "labels", where)), "layout.labels", where)
+    pseudo = raw.get("label_format") == "pseudo"
+    if pseudo and raw.get("labels"):
+        raise CatalogError(f"{where}: layout.labels must be absent with label_format pseudo")
+    labels = ""
+    if not pseudo:
+        labels = check_relative(str(_req(raw, "labels", where)), "layout.labels", where)
     pattern = raw.get("pattern")
     if pattern is not None:
         try:
@@ -321,6 +339,64 @@ def _classes(raw: dict[str, Any], where: str) -> dict[int, str]:
     return classes
 
 
+def _common(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keys every entry validates the same way (patch, apg policy, open, texts)."""
+    patch_raw = _mapping(raw.get("patch"), "patch", where)
+    patch = PatchSpec(
+        size=_int(patch_raw.get("size", 512), "patch.size", where),
+        min_valid=float(patch_raw.get("min_valid", 0.25)),
+    )
+    if patch.size < 8 or not 0 <= patch.min_valid <= 1:
+        raise CatalogError(f"{where}: patch.size must be >= 8 and min_valid in [0, 1]")
+    apg = _mapping(raw.get("apg"), "apg", where)
+    missing_index = apg.get("missing_index", "skip")
+    if missing_index not in MISSING_INDEX_POLICIES:
+        raise CatalogError(f"{where}: apg.missing_index must be one of {MISSING_INDEX_POLICIES}")
+    open_kwargs = _mapping(raw.get("open"), "open", where)
+    bad_open = set(open_kwargs) - (set(OPEN_OPTIONS) - {"sensor"})  # sensor: its own key
+    if bad_open:
+        raise CatalogError(f"{where}: unknown open key(s) {', '.join(sorted(bad_open))}")
+    default_root = raw.get("default_root")
+    return {
+        "title": str(_req(raw, "title", where)),
+        "sensor_name": str(_req(raw, "sensor", where)),
+        "patch": patch,
+        "open_kwargs": dict(open_kwargs),
+        "georeferenced": bool(raw.get("georeferenced", True)),
+        "missing_index": missing_index,
+        "paper_set": bool(raw.get("paper_set", False)),
+        "default_root": str(default_root) if default_root else None,
+        "source": " ".join(str(raw.get("source", "")).split()),
+        "license": " ".join(str(raw.get("license", "")).split()),
+        "notes": " ".join(str(raw.get("notes", "")).split()),
+        "path": where,
+    }
+
+
+def _pseudo_spec(raw: dict[str, Any], name: str, layout: Layout, where: str) -> DatasetSpec:
+    """An unlabelled data set whose masks are confident pseudo-labels: ``targets`` is a
+    list of target names, and there are no classes, ignore lists or palette."""
+    for key in ("classes", "ignore", "ignore_for", "palette"):
+        if raw.get(key):
+            raise CatalogError(f"{where}: {key!r} has no meaning with label_format pseudo")
+    names = raw.get("targets")
+    if not isinstance(names, list) or not names:
+        raise CatalogError(f"{where}: with label_format pseudo, 'targets' is a list of targets")
+    for tname in names:
+        load_target(str(tname))
+    spec = DatasetSpec(
+        name=name,
+        layout=layout,
+        classes={},
+        targets={str(t): () for t in names},
+        split=_split(_mapping(_req(raw, "split", where), "split", where), layout, where),
+        place=str(raw.get("place") or name),
+        **_common(raw, where),
+    )
+    spec.sensor  # noqa: B018 - validate the sensor now, not mid-build
+    return spec
+
+
 def load_dataset_file(path: str | Path) -> DatasetSpec:
     """Parse and validate one data-set YAML file (public so malformed files can be tested)."""
     path = Path(path)
@@ -333,6 +409,8 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
     if name != path.stem:
         raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
     layout = _layout(_mapping(_req(raw, "layout", where), "layout", where), where)
+    if layout.label_format == "pseudo":
+        return _pseudo_spec(raw, name, layout, where)
     classes = _classes(raw, where)
     ignore = tuple(_int(i, "an ignore id", where) for i in raw.get("ignore") or ())
     targets: dict[str, tuple[int, ...]] = {}
@@ -350,6 +428,16 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
             raise CatalogError(f"{where}: class id(s) {clash} are both ignored and in {tname}")
     if any(i not in classes for i in ignore):
         raise CatalogError(f"{where}: 'ignore' lists class ids not in 'classes'")
+    ignore_for: dict[str, tuple[int, ...]] = {}
+    for tname, ids in _mapping(raw.get("ignore_for"), "ignore_for", where).items():
+        if tname not in targets:
+            raise CatalogError(f"{where}: ignore_for.{tname} names no target of this data set")
+        ignore_for[str(tname)] = tuple(_int(i, f"ignore_for.{tname} id", where) for i in ids)
+        clash = sorted(set(ignore_for[tname]) & set(targets[tname]))
+        if clash or any(i not in classes for i in ignore_for[tname]):
+            raise CatalogError(
+                f"{where}: ignore_for.{tname} must list declared classes outside {tname}"
+            )
     palette: dict[int, tuple[int, int, int]] = {}
     for k, rgb in _mapping(raw.get("palette"), "palette", where).items():
         if not isinstance(rgb, list) or len(rgb) != 3:
@@ -357,42 +445,17 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
         palette[_int(k, "a palette id", where)] = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
     if layout.label_encoding == "rgb" and set(palette) != set(classes):
         raise CatalogError(f"{where}: rgb labels need a palette colour for every class")
-    patch_raw = _mapping(raw.get("patch"), "patch", where)
-    patch = PatchSpec(
-        size=_int(patch_raw.get("size", 512), "patch.size", where),
-        min_valid=float(patch_raw.get("min_valid", 0.25)),
-    )
-    if patch.size < 8 or not 0 <= patch.min_valid <= 1:
-        raise CatalogError(f"{where}: patch.size must be >= 8 and min_valid in [0, 1]")
-    apg = _mapping(raw.get("apg"), "apg", where)
-    missing_index = apg.get("missing_index", "skip")
-    if missing_index not in MISSING_INDEX_POLICIES:
-        raise CatalogError(f"{where}: apg.missing_index must be one of {MISSING_INDEX_POLICIES}")
-    open_kwargs = _mapping(raw.get("open"), "open", where)
-    bad_open = set(open_kwargs) - (set(OPEN_OPTIONS) - {"sensor"})  # sensor: its own key
-    if bad_open:
-        raise CatalogError(f"{where}: unknown open key(s) {', '.join(sorted(bad_open))}")
-    default_root = raw.get("default_root")
     spec = DatasetSpec(
         name=name,
-        title=str(_req(raw, "title", where)),
-        sensor_name=str(_req(raw, "sensor", where)),
         layout=layout,
         classes=classes,
         targets=targets,
         split=_split(_mapping(_req(raw, "split", where), "split", where), layout, where),
-        patch=patch,
         ignore=ignore,
+        ignore_for=ignore_for,
+        place=str(raw.get("place") or name),
         palette=palette,
-        open_kwargs=dict(open_kwargs),
-        georeferenced=bool(raw.get("georeferenced", True)),
-        missing_index=missing_index,
-        paper_set=bool(raw.get("paper_set", False)),
-        default_root=str(default_root) if default_root else None,
-        source=" ".join(str(raw.get("source", "")).split()),
-        license=" ".join(str(raw.get("license", "")).split()),
-        notes=" ".join(str(raw.get("notes", "")).split()),
-        path=where,
+        **_common(raw, where),
     )
     spec.sensor  # noqa: B018 - validate the sensor now, not mid-build
     return spec

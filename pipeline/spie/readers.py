@@ -108,6 +108,9 @@ def discover(spec: DatasetSpec, root: str | Path) -> list[Item]:
                 continue  # the glob is broad on purpose; the pattern picks the images
             groups = {k: v for k, v in match.groupdict().items() if v is not None}
         values = _fields(rel, groups)
+        if spec.pseudo:  # no label file: the masks come from the image itself
+            items.append(Item(id=rel, image=path, label=path, groups=groups))
+            continue
         label_rel = _fill(spec.layout.labels, values, "layout.labels", spec)
         label = resolve_inside(base, label_rel)
         if not label.is_file():
@@ -162,6 +165,20 @@ class ImageSource:
         out = np.full((len(self.bands), size, size), np.nan, np.float32)
         out[:, : part.shape[1], : part.shape[2]] = part
         return out
+
+    def whole(self) -> np.ndarray:
+        """The whole image, (band, height, width) float32."""
+        return self.read(0, 0, max(self.height, self.width))[:, : self.height, : self.width]
+
+    def decimated(self, max_pixels: int = DECIMATED_PIXELS) -> np.ndarray:
+        """Every step-th row and column (at most ~``max_pixels`` pixels), float32: scene
+        statistics without reading a large image whole."""
+        step = max(1, math.ceil(math.sqrt(self.height * self.width / max_pixels)))
+        if self._cache is not None or isinstance(self._data, np.ndarray):
+            src = self._cache if self._cache is not None else self._data
+            return np.asarray(src[:, ::step, ::step], np.float32)
+        part = self._data.isel(y=slice(None, None, step), x=slice(None, None, step))
+        return np.asarray(part.values, np.float32)
 
     def _values(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         if isinstance(self._data, np.ndarray):
@@ -401,9 +418,11 @@ def read_class_ids(spec: DatasetSpec, item: Item, image: ImageSource) -> np.ndar
 
 
 def target_mask(class_ids: np.ndarray, spec: DatasetSpec, target: str) -> np.ndarray:
-    """uint8 mask: 1 target classes, 0 other declared classes, 255 nodata/ignored."""
+    """uint8 mask: 1 target classes, 0 other declared classes, 255 nodata/ignored (for
+    every target, or for this one through ``ignore_for``)."""
     mask = np.isin(class_ids, spec.targets[target]).astype(np.uint8)
-    mask[(class_ids == NO_CLASS) | np.isin(class_ids, spec.ignore)] = 255
+    ignored = (*spec.ignore, *spec.ignore_for.get(target, ()))
+    mask[(class_ids == NO_CLASS) | np.isin(class_ids, ignored)] = 255
     return mask
 
 

@@ -5,6 +5,8 @@ Layout of an output folder::
     spie.json                                   manifest: subsets, parts, versions, hashes
     <subset>/part-00000/images.zarr             float32 (n_patches, band, P, P), NaN nodata
     <subset>/part-00000/masks.zarr              uint8 (n_samples, P, P): 1 / 0 / 255 nodata
+    <subset>/part-00000/scene_samples.zarr      float32 (n_source_images, band, K): valid
+                                                pixels drawn from each whole source image
     <subset>/part-00000/index.parquet           one row per sample (instruction, response, ...)
 
 Why parts: appending new source data writes a *new* part and never touches an existing
@@ -18,7 +20,10 @@ part's hash covers its samples in order; a subset's version hash chains the prev
 version's hash with the new part's, so one hex string names the exact content of every
 subset version. No timestamps are stored: the same inputs give the same bytes.
 
-Images are stored once per patch; each (patch, target) sample points at its image row.
+Images are stored once per patch; each (patch, target) sample points at its image row
+and at its source image's pixel sample (``scene_row``): training recomputes scene-level
+index statistics from it after a radiometric augmentation (model/training/data.py), so
+a patch's spectral priors stay those of its (augmented) scene, as at inference.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ INDEX_SCHEMA = pa.schema(
         ("part", pa.string()),
         ("image_row", pa.int64()),
         ("mask_row", pa.int64()),
+        ("scene_row", pa.int64()),
         ("sample_hash", pa.string()),
     ]
 )
@@ -121,8 +127,10 @@ class PartWriter:
     staging: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     n_images: int = 0
+    n_scenes: int = 0
     _images: zarr.Array | None = None
     _masks: zarr.Array | None = None
+    _scenes: zarr.Array | None = None
 
     def _open(self) -> None:
         if self._images is None:
@@ -139,6 +147,16 @@ class PartWriter:
         self._images.append(pixels[None].astype(np.float32), axis=0)
         self.n_images += 1
         return self.n_images - 1
+
+    def add_scene(self, sample: np.ndarray) -> int:
+        """Append one source image's pixel sample (band, K); returns its row."""
+        if self._scenes is None:
+            self._scenes = _new_array(
+                self.staging / "scene_samples.zarr", sample.shape, "float32", np.nan
+            )
+        self._scenes.append(sample[None].astype(np.float32), axis=0)
+        self.n_scenes += 1
+        return self.n_scenes - 1
 
     def add_sample(self, row: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> None:
         """Append one sample's mask and index row (``row['image_row']`` already set)."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import BANDS4, GEN, SIZE, build
+from tiny_models import BANDS4, GEN, SIZE, build, random_inputs
 from transformers import ConvNextBackbone, ConvNextConfig, Qwen2Config, Qwen2ForCausalLM
 
 from model.checkpoint import (
@@ -73,6 +73,8 @@ def test_loads_each_local_pretrained_format(tmp_path: Path) -> None:
     sam = SpexMaskDecoder(64, depth=2, num_heads=4, mlp_dim=256, iou_head_hidden_dim=64)
     sam_state = {f"mask_decoder.{k}": v for k, v in sam.mask_decoder.state_dict().items()}
     sam_state["prompt_encoder.no_mask_embed.weight"] = sam.no_mask_embed.weight.data
+    for k, v in sam.mask_downscaling.state_dict().items():
+        sam_state[f"prompt_encoder.mask_downscaling.{k}"] = v
     sam_state["image_encoder.patch_embed.proj.weight"] = torch.zeros(2, 3, 1, 1)  # ignored
     sam_path = tmp_path / "sam_vit_tiny.pth"
     torch.save(sam_state, sam_path)
@@ -104,27 +106,33 @@ def test_loads_each_local_pretrained_format(tmp_path: Path) -> None:
         sam.mask_decoder.transformer.layers[0].self_attn.q_proj.weight,
     )
     torch.testing.assert_close(model.decoder.no_mask_embed.weight, sam.no_mask_embed.weight)
+    torch.testing.assert_close(  # SAM's mask-prompt encoder: the prior's dense prompt
+        model.decoder.mask_downscaling[3].weight, sam.mask_downscaling[3].weight
+    )
     enc = model.encoder.backbone
     torch.testing.assert_close(
         enc.encoder.stages[2].layers[0].pwconv1.weight,
         bb.encoder.stages[2].layers[0].pwconv1.weight,
     )
     stem = enc.embeddings.patch_embeddings.weight
-    assert stem.shape[1] == 4  # RGB stem widened to the 4 bands
-    expected = bb.embeddings.patch_embeddings.weight.mean(1, keepdim=True) * 3 / 4
+    n = model.config.input_channels
+    assert stem.shape[1] == n  # RGB stem widened to the evidence channels
+    expected = bb.embeddings.patch_embeddings.weight.mean(1, keepdim=True) * 3 / n
     torch.testing.assert_close(stem[:, :1], expected)
     assert model.config.llm.hf_config is not None and model.config.encoder.hf_config is not None
 
     # A checkpoint of it is self-contained: it reloads without the original folders.
-    x = torch.rand(1, 4, SIZE, SIZE)
-    ref = model.infer(x, ["water"], GEN, targets=["water"])
+    x, prior = random_inputs(model, 1)
+    with torch.no_grad():
+        model.mask_gate.fill_(0.5)
+    ref = model.infer(x, ["water"], GEN, targets=["water"], prior=prior)
     ckpt = tmp_path / "ckpt"
     save_checkpoint(model, ckpt)
     for folder in (qwen_dir, bb_dir):
         for f in folder.iterdir():
             f.unlink()
     sam_path.unlink()
-    again = load_checkpoint(ckpt).infer(x, ["water"], GEN, targets=["water"])
+    again = load_checkpoint(ckpt).infer(x, ["water"], GEN, targets=["water"], prior=prior)
     assert again.texts == ref.texts
     torch.testing.assert_close(again.mask_logits, ref.mask_logits)
 
@@ -167,11 +175,11 @@ def test_checkpoint_round_trip_and_clear_errors(model4: SpexModel, tmp_path: Pat
     with pytest.raises(CheckpointError, match=r"missing tensor 'tcp\.mlp\.0\.weight'"):
         load_checkpoint(bad)
 
-    # Weights for 4 bands, config listing 6: reported in band terms.
+    # Weights for 4 bands, config listing 6: reported in channel and band terms.
     data = json.loads((ckpt / "config.json").read_text())
     data["spex"]["bands"] = ["B", "G", "R", "N", "S1", "S2"]
     (ckpt / "config.json").write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match="weights take 4 input bands"):
+    with pytest.raises(CheckpointError, match=r"weights take 15 input channels .* makes 19"):
         load_checkpoint(ckpt)
 
     with pytest.raises(CheckpointError, match="not a SPEX checkpoint"):
@@ -179,14 +187,42 @@ def test_checkpoint_round_trip_and_clear_errors(model4: SpexModel, tmp_path: Pat
     assert issubclass(CheckpointError, SpexInputError)
 
 
-def test_scene_missing_checkpoint_bands_is_a_clear_error() -> None:
+def test_scene_missing_a_required_band_is_a_clear_error() -> None:
+    """The model's other bands are zero-filled and flagged; the required ones are not."""
     six = ("B", "G", "R", "N", "S1", "S2")
     ex = SpexExtractor(build(six), device="cpu", settings=GEN)
-    assert ex.required_bands("water") == six
-    with pytest.raises(
-        CheckpointError, match=r"checkpoint expects 6 input bands \(B,G,R,N,S1,S2\), scene has 4"
-    ):
-        ex.predict(synthetic_tiles(1))
+    assert ex.required_bands("water") == ("G", "R", "N")
+    assert ex.predict(synthetic_tiles(1)).probability.shape == (1, 48, 40)  # no SWIR: fine
+    tiles = synthetic_tiles(1)
+    no_nir = TileBatch(tiles.pixels[:, :3], tiles.valid, tiles.bands[:3], "water")
+    with pytest.raises(CheckpointError, match=r"requires bands G,R,N, .* missing N"):
+        ex.predict(no_nir)
+    with pytest.raises(SpexInputError, match="trained for targets"):
+        ex.required_bands("glacier")
+
+
+def test_untrained_extractor_reproduces_index_otsu_on_a_real_scene() -> None:
+    """The mask is a correction of the scene's index + Otsu prior that starts at zero:
+    an untrained SPEX gives exactly the index extractor's mask on the bundled
+    Sentinel-2 sample, across windows and tiles (native resolution, no resizing)."""
+    from pipeline.index_extractor import IndexExtractor
+    from pipeline.scene import open_scene
+
+    scene = open_scene(Path(__file__).resolve().parents[2] / "samples/s2_l1c_berlin_20170216.tif")
+    bands = tuple(str(b) for b in scene["band"].values)
+    px = np.asarray(scene.isel(y=slice(100, 260), x=slice(300, 440)).values, np.float32)
+    batch = TileBatch(px[None], np.isfinite(px).all(axis=0)[None], bands, "water")
+    spex = SpexExtractor(build(("B", "G", "R", "N", "S1", "S2")), device="cpu", settings=GEN)
+    index = IndexExtractor(threshold_mode="scene")
+    for ex in (spex, index):
+        ex.fit_scene(scene, "water")
+    got = spex.predict(batch).probability >= 0.5
+    want = index.predict(batch).probability >= 0.5
+    assert 0.01 < want.mean() < 0.99  # the crop holds water and land
+    assert np.array_equal(got, want)
+    assert spex.provenance()["scene_index_stats"]["NDWI"]["threshold"] == pytest.approx(
+        index.threshold, abs=1e-6
+    )
 
 
 # -- the extractor --------------------------------------------------------------------

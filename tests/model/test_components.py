@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import BANDS4, GEN, SIZE, build
+from tiny_models import BANDS4, GEN, SIZE, build, random_inputs
 
 from model.config import SpexConfig, tiny
 from model.encoder import STRIDES
@@ -28,7 +28,8 @@ def model4() -> SpexModel:
 @pytest.mark.parametrize("bands", [BANDS4, BANDS13], ids=["4band", "13band"])
 def test_shapes_and_dtypes_through_the_model(bands: tuple[str, ...]) -> None:
     model = build(bands)
-    x = torch.rand(2, len(bands), SIZE, SIZE)
+    assert model.config.input_channels == 2 * len(bands) + 4 + 3
+    x, prior = random_inputs(model, 2)
     feats = model.encoder(x)
     assert [f.shape[-1] for f in feats] == [SIZE // s for s in STRIDES]
     fused = model.msam(feats)
@@ -41,6 +42,7 @@ def test_shapes_and_dtypes_through_the_model(bands: tuple[str, ...]) -> None:
         ["describe the water", "a longer instruction about water"],
         GEN,
         targets=["water", "water"],
+        prior=prior,
     )
     assert pred.mask_logits.shape == (2, SIZE, SIZE)
     assert pred.mask_logits.dtype == torch.float32
@@ -53,13 +55,30 @@ def test_shapes_and_dtypes_through_the_model(bands: tuple[str, ...]) -> None:
         ["Water at the center.", "No water."],
         torch.zeros(2, SIZE, SIZE),
         targets=["water", "building"],
+        prior=prior,
+        prior_present=torch.tensor([True, False]),
     )
     for loss in (out.loss, out.text_loss, out.bce_loss, out.dice_loss):
         assert loss is not None and loss.ndim == 0 and torch.isfinite(loss)
     assert out.mask_logits.shape == (2, SIZE, SIZE)
 
-    with pytest.raises(ValueError, match="bands"):
-        model.encode(torch.rand(1, len(bands) + 1, SIZE, SIZE))
+    with pytest.raises(ValueError, match="evidence channels"):
+        model.encode(torch.rand(1, model.config.input_channels + 1, SIZE, SIZE))
+    with pytest.raises(ValueError, match="prior logits"):
+        model(x, ["a", "b"], ["c", "d"], torch.zeros(2, SIZE, SIZE), targets=["water"] * 2)
+
+
+def test_untrained_correction_is_zero_so_the_mask_is_the_prior() -> None:
+    """Before training the correction gate and the spectral head's last layer are zero:
+    the mask logits are the prior's exactly, whatever the image and the description
+    (the extractor test on real imagery checks the same against index + Otsu)."""
+    model = build()
+    x, prior = random_inputs(model, 2, seed=3)
+    maps, fused = model.encode_maps(x)
+    hidden = torch.rand(2, 5, model.llm.hidden_size)
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    logits = model.decode_mask(maps, fused, hidden, keep, x, ["water", "building"], prior)
+    assert torch.equal(logits, prior)
 
 
 def test_batched_decoder_equals_stock_path() -> None:
@@ -79,6 +98,15 @@ def test_batched_decoder_equals_stock_path() -> None:
             torch.testing.assert_close(batched[i : i + 1], stock, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(iou[i : i + 1], stock_iou, atol=1e-5, rtol=1e-5)
         assert dec(img, sparse).shape == (3, 1, 16, 16)
+        # The dense mask prompt: SAM's mask-prompt encoder where a sample has one, the
+        # no-mask embedding where it has not.
+        mask = torch.randn(3, 1, 16, 16)
+        none = torch.zeros(3, dtype=torch.bool)
+        torch.testing.assert_close(dec(img, sparse, None, mask, none), dec(img, sparse))
+        some = torch.tensor([True, False, True])
+        prompted = dec(img, sparse, None, mask, some)
+        assert not torch.allclose(prompted[0], dec(img, sparse)[0])
+        torch.testing.assert_close(prompted[1], dec(img, sparse)[1])
 
 
 def test_detail_path_reaches_the_mask_and_is_optional() -> None:
@@ -87,23 +115,27 @@ def test_detail_path_reaches_the_mask_and_is_optional() -> None:
     which is how checkpoints written before the path existed still load."""
     model = build()
     assert model.detail is not None
-    x = torch.rand(1, 4, SIZE, SIZE)
+    with torch.no_grad():
+        model.mask_gate.fill_(1.0)  # let SAM's correction reach the mask
+    x, prior = random_inputs(model, 1)
     maps, fused = model.encode_maps(x)
     detail = model.detail(maps)
     assert detail.shape == (1, model.config.decoder.transformer_dim // 8, SIZE // 4, SIZE // 4)
     hidden = torch.rand(1, 5, model.llm.hidden_size)
     keep = torch.ones(1, 5, dtype=torch.bool)
-    with_detail = model.decode_mask(maps, fused, hidden, keep, SIZE, ["water"])
+    with_detail = model.decode_mask(maps, fused, hidden, keep, x, ["water"], prior)
     model.detail, saved = None, model.detail
-    without = model.decode_mask(maps, fused, hidden, keep, SIZE, ["water"])
+    without = model.decode_mask(maps, fused, hidden, keep, x, ["water"], prior)
     model.detail = saved
     assert not torch.allclose(with_detail, without)
 
-    plain = SpexModel(
-        SpexConfig.from_dict({**tiny(bands=BANDS4).to_dict(), "decoder": {}, "prompt_targets": []})
-    )
-    assert plain.detail is None and plain.target_tokens is None
-    assert not any(n.startswith(("detail.", "target_tokens.")) for n in plain.state_dict())
+    plain = SpexModel(SpexConfig.from_dict({**tiny(bands=BANDS4).to_dict(), "decoder": {}}))
+    assert plain.detail is None
+    assert not any(n.startswith("detail.") for n in plain.state_dict())
+    with pytest.raises(ValueError, match="at least one target"):
+        SpexModel(tiny(bands=BANDS4, prompt_targets=()))
+    with pytest.raises(ValueError, match="predates evidence inputs"):
+        SpexConfig.from_dict({k: v for k, v in tiny().to_dict().items() if k != "inputs"})
 
 
 def test_target_token_steers_the_mask_and_unknown_targets_fail() -> None:
@@ -113,17 +145,19 @@ def test_target_token_steers_the_mask_and_unknown_targets_fail() -> None:
 
     model = build()
     assert set(model.config.prompt_targets) == set(target_names())
-    x = torch.rand(1, 4, SIZE, SIZE)
+    with torch.no_grad():
+        model.mask_gate.fill_(1.0)
+    x, prior = random_inputs(model, 1)
     maps, fused = model.encode_maps(x)
     hidden = torch.rand(1, 5, model.llm.hidden_size)
     keep = torch.ones(1, 5, dtype=torch.bool)
-    water = model.decode_mask(maps, fused, hidden, keep, SIZE, ["water"])
-    building = model.decode_mask(maps, fused, hidden, keep, SIZE, ["building"])
+    water = model.decode_mask(maps, fused, hidden, keep, x, ["water"], prior)
+    building = model.decode_mask(maps, fused, hidden, keep, x, ["building"], prior)
     assert not torch.allclose(water, building)
     with pytest.raises(ValueError, match="trained for targets"):
-        model.decode_mask(maps, fused, hidden, keep, SIZE, ["glacier"])
+        model.decode_mask(maps, fused, hidden, keep, x, ["glacier"], prior)
     with pytest.raises(ValueError, match="one target per tile"):
-        model.decode_mask(maps, fused, hidden, keep, SIZE)
+        model.decode_mask(maps, fused, hidden, keep, x, [], prior)
 
 
 def test_segment_anything_package_init_not_required() -> None:
@@ -145,10 +179,16 @@ def test_stage_gradients_reach_exactly_the_unfrozen_parts(model4: SpexModel, sta
     trainable = set_stage(model, stage)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(names) == len(trainable) > 0
-    x = torch.rand(2, 4, SIZE, SIZE)
+    x, prior = random_inputs(model, 2)
     masks = (torch.rand(2, SIZE, SIZE) > 0.5).float() if stage == 2 else None
     out = model(
-        x, ["water please", "water"], ["A small lake.", "None."], masks, targets=["water", "water"]
+        x,
+        ["water please", "water"],
+        ["A small lake.", "None."],
+        masks,
+        targets=["water", "water"],
+        prior=prior,
+        prior_present=torch.tensor([True, False]),  # SAM's mask prompt and no-mask both
     )
     out.loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
@@ -161,7 +201,10 @@ def test_stage_gradients_reach_exactly_the_unfrozen_parts(model4: SpexModel, sta
         assert lora and all("lora_" in n for n in names if n.startswith("llm."))
         assert not any(n.startswith("msam.to_decoder") for n in names)
     else:
-        assert parts == {"encoder", "msam", "tcp", "decoder", "detail", "target_tokens"}
+        assert parts == {
+            "encoder", "msam", "tcp", "decoder", "detail", "target_tokens", "spectral",
+            "mask_gate",
+        }  # fmt: skip
         assert not lora
     model.zero_grad(set_to_none=True)
     model.requires_grad_(True)
@@ -174,13 +217,17 @@ def test_lora_merge_unmerge_keeps_outputs(model4: SpexModel) -> None:
         for name, p in model.llm.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)  # LoRA B starts at zero; make the adapter matter
-    x = torch.rand(1, 4, SIZE, SIZE)
+    x, prior = random_inputs(model, 1)
     ins = ["Based on the provided image, describe the water regions."]
-    before = model.infer(x, ins, GEN, targets=["water"])
+    with torch.no_grad():
+        model.mask_gate.fill_(1.0)  # the description reaches the mask through SAM
+    before = model.infer(x, ins, GEN, targets=["water"], prior=prior)
     model.llm.peft.merge_adapter()
-    merged = model.infer(x, ins, GEN, targets=["water"])
+    merged = model.infer(x, ins, GEN, targets=["water"], prior=prior)
     model.llm.peft.unmerge_adapter()
-    after = model.infer(x, ins, GEN, targets=["water"])
+    after = model.infer(x, ins, GEN, targets=["water"], prior=prior)
+    with torch.no_grad():
+        model.mask_gate.zero_()
     torch.testing.assert_close(merged.mask_logits, before.mask_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(after.mask_logits, before.mask_logits, atol=1e-5, rtol=1e-5)
     assert merged.texts == before.texts == after.texts
@@ -191,10 +238,10 @@ def test_lora_merge_unmerge_keeps_outputs(model4: SpexModel) -> None:
 
 
 def test_sampling_is_seeded(model4: SpexModel) -> None:
-    x = torch.rand(2, 4, SIZE, SIZE)
+    x, prior = random_inputs(model4, 2)
     s = GenerationSettings(max_new_tokens=6, do_sample=True, repetition_penalty=1.1, seed=3)
-    a = model4.infer(x, ["water", "water"], s, targets=["water", "water"])
-    b = model4.infer(x, ["water", "water"], s, targets=["water", "water"])
+    a = model4.infer(x, ["water", "water"], s, targets=["water", "water"], prior=prior)
+    b = model4.infer(x, ["water", "water"], s, targets=["water", "water"], prior=prior)
     assert a.texts == b.texts
     assert torch.equal(a.mask_logits, b.mask_logits)
 
@@ -239,7 +286,7 @@ def test_paper_config_builds_with_paper_sizes() -> None:
     counts = count_parameters(model)
     assert 1.5e9 < counts["llm"] < 1.6e9  # Qwen2.5-1.5B dims
     assert model.config.decoder.transformer_dim == 256
-    fused = model.encode(torch.zeros(1, 6, 512, 512, device="meta"))
+    fused = model.encode(torch.zeros(1, model.config.input_channels, 512, 512, device="meta"))
     assert fused.shape == (1, 1536, 32, 32)
     assert visual_tokens(fused, model.config.visual_token_budget).shape == (1, 1024, 1536)
 

@@ -43,6 +43,24 @@ def test_register_promote_resolve(checkpoint: Path, tmp_path: Path) -> None:
     assert [e.version for e in reg.entries()] == [first.version, second.version]
     assert reg.get(first.version).training_data == {"s2-l1c-berlin": "abc"}
 
+    # Promoted for some targets only (the promotion rule's verdict): the index serves
+    # the others, whatever the shipped weights would.
+    reg.promote(first.version, targets=["water"])
+    assert reg.default_targets() == ("water",)
+    assert reg.resolve("default", "water") == first.path
+    assert reg.resolve("default", "building") == "index"
+    # A checkpoint that carries default_for.json is promoted for the targets it lists.
+    from model.registry import DEFAULT_FOR
+
+    third_dir = tmp_path / "with-default-for"
+    save_checkpoint(SpexModel(tiny()), third_dir)
+    (third_dir / DEFAULT_FOR).write_text(json.dumps({"targets": ["vegetation"]}))
+    third = reg.register(third_dir)
+    reg.promote(third.version)
+    assert reg.default_targets() == ("vegetation",)
+    assert reg.resolve("default", "vegetation") == third.path
+    assert reg.resolve("default", "water") == "index"
+
 
 def test_shipped_default_serves_only_its_listed_targets(tmp_path: Path) -> None:
     """'default' without a promoted version: the shipped weights for the targets their

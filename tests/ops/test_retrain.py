@@ -1,5 +1,6 @@
-"""Retraining on new data: the no-regression rule, and a data change that triggers
-retraining end to end through a real Prefect server, event, automation and worker."""
+"""Retraining on new data: a data change triggers leave-one-scene-out retraining end
+to end through a real Prefect server, event, automation and worker, and the candidate
+is registered with its per-target evidence (the rule itself: tests/training/test_loso.py)."""
 
 from __future__ import annotations
 
@@ -15,46 +16,33 @@ import pytest
 import rasterio
 import yaml
 
-from model.promotion import decide
 from model.registry import ModelRegistry
 from pipeline.spie.watch import detect_changes
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_no_regression_rule() -> None:
-    incumbent = {("berlin", "water"): 0.40, ("berlin", "building"): 0.20, ("all", "water"): 0.4}
-    better = {("berlin", "water"): 0.55, ("berlin", "building"): 0.20, ("all", "water"): 0.55}
-    worse = {("berlin", "water"): 0.60, ("berlin", "building"): 0.15, ("all", "water"): 0.6}
-    missing = {("berlin", "water"): 0.60, ("all", "water"): 0.6}
-    ok = decide(incumbent, better, incumbent_name="index", candidate_name="v2")
-    assert ok.promote and "promoted" in ok.reason
-    no = decide(incumbent, worse, incumbent_name="index", candidate_name="v2")
-    assert not no.promote
-    assert [(c.dataset, c.target) for c in no.regressions] == [("berlin", "building")]
-    assert "berlin/building 0.200 -> 0.150" in no.reason
-    assert not decide(incumbent, missing, incumbent_name="index", candidate_name="v2").promote
-    assert decide(
-        incumbent, worse, incumbent_name="index", candidate_name="v2", tolerance=0.1
-    ).promote
-    assert "| berlin | building | 0.200 | 0.150 | -0.050 (regression) |" in no.markdown()
+def _catalog(tmp_path: Path, two_scenes: dict[str, Path]) -> Path:
+    """A user's own labelled data set (a copy of the Berlin window of the bundled
+    sample) at a place of its own; the store already holds another place (the Gewata
+    sample), so leave-one-scene-out has two folds."""
+    from pipeline.spie.build import build
 
-
-def _catalog(tmp_path: Path) -> Path:
-    """A user's own labelled data set: a copy of the bundled sample's catalog and files."""
+    build(str(two_scenes["crop-gewata"]), tmp_path / "spie")
+    entry = yaml.safe_load(two_scenes["crop-berlin"].read_text())
     data = tmp_path / "data"
-    data.mkdir()
-    for name in ("s2_l1c_berlin_20170216.tif", "s2_l1c_berlin_20170216_osm_labels.tif"):
-        shutil.copy(REPO / "samples" / name, data / name)
-    entry = yaml.safe_load((REPO / "catalogs" / "datasets" / "sample-berlin.yaml").read_text())
+    shutil.copytree(entry["default_root"], data)
     catalog = tmp_path / "berlin-user.yaml"
-    catalog.write_text(yaml.safe_dump({**entry, "name": "berlin-user", "default_root": str(data)}))
+    user = {**entry, "name": "berlin-user", "place": "berlin-user", "default_root": str(data)}
+    catalog.write_text(yaml.safe_dump(user))
     return catalog
 
 
 @pytest.mark.slow
-def test_data_change_triggers_retraining(tmp_path: Path, prefect_server) -> None:
-    catalog = _catalog(tmp_path)
+def test_data_change_triggers_retraining(
+    tmp_path: Path, prefect_server, two_scenes: dict[str, Path]
+) -> None:
+    catalog = _catalog(tmp_path, two_scenes)
     state, registry = tmp_path / "watch", tmp_path / "registry"
     detect_changes([str(catalog)], state)  # the data set as it was at the last check
     prefect = prefect_server.cli
@@ -112,7 +100,15 @@ def test_data_change_triggers_retraining(tmp_path: Path, prefect_server) -> None
     assert len(entries) == 1
     entry = entries[0]
     assert entry.training_data and str(catalog) in entry.training_data
-    assert entry.evaluation["rows"], "the candidate's evaluation table is recorded"
-    promoted = ModelRegistry(registry).default_version() == entry.version
-    assert ("promoted" in entry.notes) == promoted
+    assert entry.evaluation["protocol"] == "leave-one-scene-out"
+    assert {r["set"] for r in entry.evaluation["rows"]} == {"berlin-user", "crop-gewata"}
+    decisions = entry.evaluation["decisions"]
+    served = sorted(t for t, d in decisions.items() if d["serve"])
+    reg = ModelRegistry(registry)
+    promoted = reg.default_version() == entry.version
+    assert promoted == bool(served) and ("promoted for" in entry.notes) == promoted
+    for target, d in decisions.items():
+        want = entry.path if d["serve"] else ("index" if promoted else None)
+        if want is not None:
+            assert reg.resolve("default", target) == want
     assert os.environ.get("SPEX_MODEL_REGISTRY") != str(registry)

@@ -1,6 +1,6 @@
-"""Fixtures of the training tests: a small SPIE store built from the bundled Berlin
-sample (real pixels and real OSM labels) in a temporary folder, so the tests need
-neither ../shared/data nor a prebuilt store."""
+"""Fixtures of the training tests: SPIE stores built from the bundled samples (real
+pixels and real labels) in temporary folders, so the tests need neither
+../shared/data nor a prebuilt store. ``two_scenes`` is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,55 +8,30 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from model.training.config import StageConfig, TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
 
-# The Berlin set's catalog, pointed at the 768x768 bundled crop and its label crop.
-SAMPLE_CATALOG = {
-    "name": "sample-berlin",
-    "title": "Bundled Sentinel-2 L1C Berlin crop with OSM land-use labels (tests)",
-    "sensor": "sentinel2-msi",
-    "georeferenced": True,
-    "layout": {
-        "images": "s2_l1c_berlin_20170216.tif",
-        "labels": "s2_l1c_berlin_20170216_osm_labels.tif",
-    },
-    "classes": {
-        0: "unlabelled",
-        1: "farm",
-        2: "meadow",
-        3: "grass",
-        4: "scrub",
-        5: "forest",
-        6: "wetland",
-        7: "water",
-        8: "residential",
-    },
-    "ignore": [0],
-    "targets": {"vegetation": [1, 2, 3, 4, 5], "water": [7], "building": [8]},
-    "patch": {"size": 128, "min_valid": 0.1},
-    "split": {
-        "method": "blocks",
-        "fractions": {"train": 0.7, "val": 0.1, "test": 0.2},
-        "buffer_px": 8,
-        "seed": 0,
-    },
-}
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread, as every training config here uses: on a shared 2-core
+    machine two threads fighting other processes made steps 5-10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
 def sample_spie(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SPIE store of the bundled sample (three targets, train/val/test blocks)."""
+    """A SPIE store of the bundled sample (catalogs/datasets/sample-berlin.yaml: three
+    targets, train/val/test blocks)."""
     from pipeline.spie.build import build
 
-    tmp = tmp_path_factory.mktemp("sample-spie")
-    catalog = tmp / "sample-berlin.yaml"
-    catalog.write_text(yaml.safe_dump(SAMPLE_CATALOG))
-    store = tmp / "spie"
-    build(str(catalog), store, root=REPO / "samples")
+    store = tmp_path_factory.mktemp("sample-spie") / "spie"
+    build("sample-berlin", store)
     return store
 
 
@@ -81,3 +56,14 @@ def quick_config(sample_spie: Path, tmp_path: Path) -> TrainConfig:
         stage1=quick,
         stage2=quick,
     )
+
+
+@pytest.fixture(scope="session")
+def two_scene_spie(two_scenes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SPIE store of the two small scenes."""
+    from pipeline.spie.build import build
+
+    store = tmp_path_factory.mktemp("two-scene-spie") / "spie"
+    for catalog in two_scenes.values():
+        build(str(catalog), store)
+    return store

@@ -1,4 +1,5 @@
-"""Evaluation metrics agree with a confusion matrix counted by hand on real patches."""
+"""Scene-level evaluation: counts equal hand counts, a method that cannot run on a scene
+has no row, the reports hold every metric and the goal check reads the means."""
 
 from __future__ import annotations
 
@@ -6,49 +7,110 @@ import json
 from pathlib import Path
 
 import numpy as np
+import rasterio
+import torch
+import yaml
 
-from model.training.data import SpieIndex, subset_sensor
-from model.training.evaluate import evaluate, goal_check, index_predictor, write_report
-from pipeline.apg import run_apg
+from model.training.evaluate import (
+    evaluate_scenes,
+    goal_check,
+    index_factory,
+    mean_iou,
+    spex_factory,
+    write_report,
+)
+from pipeline.apg import otsu_threshold
+from pipeline.spie.index_stats import index_values
+from pipeline.spie.scenes import labelled_images
 
 
-def test_index_metrics_match_hand_counts(sample_spie, tmp_path):
-    rows = evaluate(sample_spie, {"index-otsu": index_predictor()}, split="test")
-    index = SpieIndex(sample_spie, split="test", targets=["water"])
-    tp = fp = fn = tn = 0
-    for r in index.rows:
-        image, truth = index.image(r), index.mask(r)
-        valid = np.isfinite(image).all(axis=0)
-        bands = list(index.bands[r["subset"]])
-        pred = run_apg(image, bands, "water", valid=valid, sensor=subset_sensor(r["subset"])).mask
-        use = valid & (truth != 255) & (pred != 255)
-        p, t = pred[use] == 1, truth[use] == 1
-        tp += int(np.sum(p & t))
-        fp += int(np.sum(p & ~t))
-        fn += int(np.sum(~p & t))
-        tn += int(np.sum(~p & ~t))
-    assert tp + fn > 0, "the sample's test split should hold water"
-    row = next(r for r in rows if r["set"] == "sample-berlin" and r["target"] == "water")
+def test_index_rows_match_hand_counts_and_reports(two_scenes: dict[str, Path], tmp_path):
+    rows = evaluate_scenes([two_scenes["crop-berlin"]], {"index-otsu": index_factory()})
+    assert {r["target"] for r in rows} == {"water", "vegetation", "building"}
+    image = next(labelled_images(two_scenes["crop-berlin"]))
+    ndwi = index_values(image.pixels, image.bands, "NDWI")
+    pred = ndwi > otsu_threshold(ndwi[image.valid])
+    truth = image.truth("water")
+    use = truth != 255
+    p, t = pred[use], truth[use] == 1
+    tp, fp, fn, tn = (int(x.sum()) for x in (p & t, p & ~t, ~p & t, ~p & ~t))
+    assert tp + fn > 0, "the crop holds water"
+    row = next(r for r in rows if r["target"] == "water")
     assert (row["tp"], row["fp"], row["fn"], row["tn"]) == (tp, fp, fn, tn)
     assert row["iou"] == round(tp / (tp + fp + fn), 4)
     assert row["recall"] == round(tp / (tp + fn), 4)
     assert row["precision"] == round(tp / (tp + fp), 4)
     assert row["oa"] == round((tp + tn) / (tp + fp + fn + tn), 4)
     assert row["f1"] == round(2 * tp / (2 * tp + fp + fn), 4)
-    pooled = next(r for r in rows if r["set"] == "all" and r["target"] == "water")
-    assert pooled["tp"] == tp  # one set: the pooled row is that set
+    assert row["place"] == "crop-berlin" and row["images"] == 1
+    assert mean_iou(rows, "index-otsu", "water") == row["iou"]
 
-    paths = write_report(rows, tmp_path, {"split": "test"})
+    paths = write_report(rows, tmp_path, {"title": "test"})
     data = json.loads(Path(paths["json"]).read_text())
     assert data["rows"] == rows and "water" in data["goal"]
-    assert "| sample-berlin | water | index-otsu |" in Path(paths["markdown"]).read_text()
+    text = Path(paths["markdown"]).read_text()
+    assert "| water | crop-berlin | index-otsu |" in text and "**mean**" in text
 
 
-def test_goal_check_reads_pooled_rows():
+def test_a_method_that_cannot_run_has_no_row(two_scenes: dict[str, Path], tmp_path: Path):
+    """The crop without its SWIR bands: NDBI cannot be computed, so index + Otsu has no
+    building figure (not a zero), while SPEX runs with its building prior absent."""
+    from model.checkpoint import save_checkpoint
+    from model.config import tiny
+    from model.spex import SpexModel
+
+    entry = yaml.safe_load(two_scenes["crop-berlin"].read_text())
+    root = Path(entry["default_root"])
+    folder = tmp_path / "noswir"
+    folder.mkdir()
+    for name in ("s2_l1c_berlin_20170216.tif", "s2_l1c_berlin_20170216_osm_labels.tif"):
+        with rasterio.open(root / name) as src:
+            n = 4 if src.count > 1 else 1  # B02, B03, B04, B08
+            profile = src.profile | {"count": n}
+            data, desc, tags = src.read(list(range(1, n + 1))), src.descriptions, src.tags()
+        with rasterio.open(folder / name, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**tags)
+            for i in range(n):
+                if desc[i]:
+                    dst.set_band_description(i + 1, desc[i])
+    catalog = tmp_path / "crop-berlin-noswir.yaml"
+    catalog.write_text(
+        yaml.safe_dump({**entry, "name": "crop-berlin-noswir", "default_root": str(folder)})
+    )
+    torch.manual_seed(0)
+    ckpt = tmp_path / "untrained"
+    save_checkpoint(SpexModel(tiny(input_size=64)), ckpt)
+    rows = evaluate_scenes(
+        [catalog],
+        {"index-otsu": index_factory(), "spex": spex_factory(ckpt)},
+        targets=["building", "water"],
+    )
+    got = {(r["method"], r["target"]) for r in rows}
+    assert ("index-otsu", "building") not in got and ("spex", "building") in got
+    assert ("index-otsu", "water") in got
+    spex_building = next(r for r in rows if r["method"] == "spex" and r["target"] == "building")
+    assert spex_building["tp"] == spex_building["fp"] == 0  # absent prior: "not building"
+    # The untrained SPEX reproduces index + Otsu where the index runs.
+    water = {r["method"]: r for r in rows if r["target"] == "water"}
+    assert water["spex"]["tp"] == water["index-otsu"]["tp"]
+    assert water["spex"]["fp"] == water["index-otsu"]["fp"]
+    assert np.isfinite(spex_building["oa"])
+
+
+def test_goal_check_reads_scene_means():
     rows = [
-        {"method": "index-otsu", "set": "all", "target": "water", "iou": 0.2},
-        {"method": "mvpnet", "set": "all", "target": "water", "iou": 0.35},
-        {"method": "spex", "set": "all", "target": "water", "iou": 0.4},
+        {"method": m, "set": s, "target": "water", "iou": v}
+        for m, s, v in [
+            ("index-otsu", "a", 0.2),
+            ("index-otsu", "b", 0.4),
+            ("mvpnet", "a", 0.35),
+            ("mvpnet", "b", 0.45),
+            ("spex", "a", 0.45),
+            ("spex", "b", 0.5),
+            ("spex", "c", 0.9),  # no index figure there: outside the goal's scenes
+        ]
     ]
     goal = goal_check(rows)["water"]
+    assert goal["scenes"] == ["a", "b"] and goal["spex"] == 0.475
     assert goal["beats_index_by_margin"] and goal["not_below_mvpnet"]

@@ -24,15 +24,17 @@ from model.training.stages import (
 
 
 def _seg_loss(cfg, model) -> float:
+    from model.training.stages import spex_config
+
     index = SpieIndex(cfg.spie, split="train")
-    batch = next(seg_batches(index, cfg.bands, cfg.input_size, None, 4, cfg.seed, 0))
+    batch = next(seg_batches(index, spex_config(cfg), None, 4, cfg.seed, 0))
     with torch.no_grad():
         return float(partial_label_ce(model.eval()(batch.pixels), batch.allowed))
 
 
 def _text_loss(cfg, model, masks: bool) -> float:
     index = SpieIndex(cfg.spie, split="train")
-    batch = next(text_batches(index, cfg.bands, cfg.input_size, None, 4, cfg.seed, 0))
+    batch = next(text_batches(index, model.config, None, 4, cfg.seed, 0))
     responses = truncate_responses(batch.responses, model.llm.tokenizer, cfg.response_tokens)
     with torch.no_grad():
         out = model.eval()(
@@ -42,6 +44,8 @@ def _text_loss(cfg, model, masks: bool) -> float:
             masks=batch.masks if masks else None,
             mask_valid=batch.valid if masks else None,
             targets=batch.targets,
+            prior=batch.prior,
+            prior_present=batch.prior_present,
         )
     return float(out.loss)
 
@@ -52,14 +56,14 @@ def test_stage0_lowers_loss(quick_config):
     from model.training.mvpnet import MVPNet
     from model.training.stages import spex_config
 
-    before = _seg_loss(cfg, MVPNet(spex_config(cfg).encoder, cfg.bands, cfg.input_size))
+    before = _seg_loss(cfg, MVPNet(spex_config(cfg)))
     history = stage0(cfg)
     after = _seg_loss(cfg, load_mvpnet(product_dir(cfg, 0)))
     assert len(history) == 3 and history[-1]["step"] == 9
     assert after < before
 
 
-def test_stage1_and_stage2_lower_their_losses(quick_config):
+def test_stage1_and_stage2_lower_their_losses(quick_config, two_scenes):
     from model.checkpoint import load_checkpoint
     from model.spex import SpexModel
     from model.training.stages import spex_config
@@ -94,13 +98,11 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
     assert read_training(product_dir(water, 2))["config"]["targets"] == ["water"]
 
     # ... and it is evaluated as 'spex-per-target' for its own target only.
-    from model.training.evaluate import evaluate, per_target_predictor
+    from model.training.evaluate import evaluate_scenes, per_target_factory
 
-    rows = evaluate(
-        cfg.spie,
-        {"spex-per-target": per_target_predictor({"water": product_dir(water, 2)})},
-        split="test",
-    )
+    factory = per_target_factory({"water": product_dir(water, 2)})
+    assert factory is not None
+    rows = evaluate_scenes([two_scenes["crop-berlin"]], {"spex-per-target": factory})
     assert rows and {r["target"] for r in rows} == {"water"}
     assert {r["method"] for r in rows} == {"spex-per-target"}
 
@@ -109,7 +111,7 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
 
     set_stage(m1, 2)
     index = SpieIndex(cfg.spie, split="train")
-    batch = next(text_batches(index, cfg.bands, cfg.input_size, None, 4, cfg.seed, 0))
+    batch = next(text_batches(index, m1.config, None, 4, cfg.seed, 0))
     responses = truncate_responses(batch.responses, m1.llm.tokenizer, cfg.response_tokens)
 
     def loss(b):
@@ -120,6 +122,8 @@ def test_stage1_and_stage2_lower_their_losses(quick_config):
             masks=b.masks,
             mask_valid=b.valid,
             targets=b.targets,
+            prior=b.prior,
+            prior_present=b.prior_present,
         )
         return {"loss": out.loss}
 

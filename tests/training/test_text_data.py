@@ -7,23 +7,19 @@ from collections import Counter
 from pathlib import Path
 
 from model.tokenizer import train_tokenizer
-from model.training.data import SpieIndex, regenerate_text, text_rows, truncate_responses
+from model.training.data import SpieIndex, balance_targets, sample_text, truncate_responses
 from pipeline.spie.facts import sample_facts
 from pipeline.spie.quality import score_response
 from pipeline.truthfulness import split_sentences
 
 
-def test_text_rows_pick_splits_and_balance_targets(sample_spie: Path) -> None:
-    rows = SpieIndex(sample_spie).rows
-    train = text_rows(rows, ("train",), balance=False, seed=0)
-    assert train and {r["split"] for r in train} == {"train"}
-    both = text_rows(rows, ("train", "val"), balance=False, seed=0)
-    assert len(both) > len(train)
-    balanced = text_rows(rows, ("train",), balance=True, seed=0)
+def test_balance_targets_repeats_the_rare_ones(sample_spie: Path) -> None:
+    train = SpieIndex(sample_spie, split="train").rows
+    balanced = balance_targets(train, seed=0)
     counts = Counter(r["target"] for r in balanced)
     assert len(set(counts.values())) == 1  # every target as often as the most frequent
     assert counts["water"] == max(Counter(r["target"] for r in train).values())
-    assert balanced == text_rows(rows, ("train",), balance=True, seed=0)  # seeded
+    assert balanced == balance_targets(train, seed=0)  # seeded
 
 
 def test_each_epoch_brings_another_true_description(sample_spie: Path) -> None:
@@ -32,7 +28,7 @@ def test_each_epoch_brings_another_true_description(sample_spie: Path) -> None:
     image, mask = index.image(row), index.mask(row)
     bands = index.bands[row["subset"]]
     facts = sample_facts(mask, image, bands, row["target"])
-    texts = {regenerate_text(row, image, mask, bands, variant=e)[1] for e in range(6)}
+    texts = {sample_text(row, image, mask, bands, variant=e)[1] for e in range(6)}
     assert len(texts) > 1
     assert all(score_response(t, facts)[0] == 1.0 for t in texts)
     assert all(t.startswith("Vegetation ") for t in texts)  # the target comes first
