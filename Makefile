@@ -30,7 +30,7 @@ demo: venv
 	PREFECT_HOME=$(CURDIR)/.prefect DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120 \
 	$(BIN)/python -m flows.extract_scene water $(DEMO_SCENE) --out $(DEMO_OUT) \
-	  --tile 256 --overlap 32 --format cog,prob,zarr,gpkg
+	  --model spex --tile 256 --overlap 32 --format cog,prob,zarr,gpkg
 
 # --- Prefect server, worker and deployments (all bound to 127.0.0.1) -----------------------
 PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \

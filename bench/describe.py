@@ -4,7 +4,6 @@
     python bench/describe.py loso --config model/training/configs/text-loso.yaml \\
         --spie out/spie --holdout s2-l1c-berlin --holdout l7-raleigh --out out/loso-text
     python bench/describe.py cost --checkpoint model/weights/default
-    python bench/describe.py textfree --checkpoint CKPT --spie out/spie --subset s2-l1c-berlin
 
 ``truth``: the figures of :func:`model.training.describe_eval.evaluate_descriptions` for
 one checkpoint on the given subsets (every split of them; a held-out scene's samples).
@@ -14,9 +13,6 @@ config's run is trained (with the existing staged training) on the SPIE train sp
 of every *other* data set of the store, into ``<out>/<holdout>``, and its descriptions
 are then checked on every sample of the held-out set. Prints one JSON line per held-out
 set and a table.
-
-``textfree``: the mask path SPEX does not ship (no generation: a template response forced
-in one pass), against the shipped one: time per sample and how the masks change.
 
 ``cost``: the extraction job on the bundled Sentinel-2 sample with ``--describe`` and
 ``--no-describe`` (alternating, ``--reps`` each, medians reported), in one run: seconds
@@ -80,7 +76,7 @@ def cmd_truth(args: argparse.Namespace) -> None:
     from model.training.describe_eval import evaluate_descriptions
 
     result = evaluate_descriptions(
-        args.spie, args.checkpoint, subsets=args.subset, settings=_settings(args)
+        args.spie, args.checkpoint, subsets=args.subset, settings=_settings(args), limit=args.limit
     )
     if args.rows:
         Path(args.rows).write_text(json.dumps(result, indent=1))
@@ -229,92 +225,6 @@ def cmd_cost(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_textfree(args: argparse.Namespace) -> None:
-    """The mask path SPEX does not ship, measured: instead of generating the description
-    (prefill + one decoding step per token), force the grounded writer's description of
-    the APG's coarse mask (cut to the token budget) as the response in the prefill pass
-    and decode the mask from its hidden states. Per sample of the given subsets: seconds
-    of each path, and pooled IoU of each path's mask (>= 0.5) against the reference and
-    against the other path's."""
-    import numpy as np
-    import torch
-
-    from model.checkpoint import load_checkpoint
-    from model.inference import letterbox, unletterbox
-    from model.msam import visual_tokens
-    from model.training.data import SpieIndex, subset_sensor, to_model_input, truncate_responses
-    from pipeline.apg import run_apg
-    from pipeline.spie.facts import sample_facts
-    from pipeline.spie.responses import GroundedWriter
-
-    torch.set_num_threads(args.threads or 1)
-    model = load_checkpoint(args.checkpoint).eval()
-    cfg = model.config
-    index = SpieIndex(args.spie, subsets=args.subset)
-    counts = {k: np.zeros(3) for k in ("gen", "forced", "between")}  # inter, union, n
-    seconds = {"gen": 0.0, "forced": 0.0}
-    for row in index.rows:
-        have = index.bands[row["subset"]]
-        image, mask = index.image(row), index.mask(row)
-        valid = np.isfinite(image).all(axis=0)
-        apg = run_apg(image, have, row["target"], valid=valid, sensor=subset_sensor(row["subset"]))
-        coarse = sample_facts(apg.mask, image, have, row["target"])
-        response = GroundedWriter().write(coarse, key=row["sample_id"])
-        (response,) = truncate_responses([response], model.llm.tokenizer, cfg.max_new_tokens)
-        aligned = np.stack([image[list(have).index(b)] for b in cfg.bands])
-        x, _ = to_model_input(aligned, None, cfg.input_size)
-        x = x[None]
-        targets = [row["target"]]
-        with torch.no_grad():
-            start = time.perf_counter()
-            pred = model.infer(x, [apg.instruction], targets=targets)
-            seconds["gen"] += time.perf_counter() - start
-            start = time.perf_counter()
-            maps, fused = model.encode_maps(x)
-            prompt = model.llm.pack(
-                visual_tokens(fused, cfg.visual_token_budget),
-                [apg.instruction],
-                cfg.system_prompt,
-                [response],
-            )
-            hidden, _ = model.llm.hidden_states(
-                prompt.embeds, prompt.attention_mask, prompt.position_ids
-            )
-            logits = model.decode_mask(
-                maps, fused, hidden, prompt.response_mask, cfg.input_size, targets
-            )
-            seconds["forced"] += time.perf_counter() - start
-        h, w = mask.shape
-        _, content = letterbox(torch.zeros(1, 1, h, w), cfg.input_size)
-        gen, forced = (
-            (torch.sigmoid(unletterbox(lg.float(), content, (h, w)))[0].numpy() >= 0.5) & valid
-            for lg in (pred.mask_logits, logits)
-        )
-        labelled = mask != 255
-        truth = mask == 1
-        for key, a, b in (
-            ("gen", gen, truth),
-            ("forced", forced, truth),
-            ("between", gen, forced),
-        ):
-            sel = labelled if key != "between" else valid
-            counts[key] += [(a & b & sel).sum(), ((a | b) & sel).sum(), 1]
-    n = len(index.rows)
-    iou = {k: round(float(v[0] / max(v[1], 1)), 4) for k, v in counts.items()}
-    print(
-        json.dumps(
-            {
-                "samples": n,
-                "generate_s_per_sample": round(seconds["gen"] / n, 4),
-                "forced_s_per_sample": round(seconds["forced"] / n, 4),
-                "iou_generated_vs_reference": iou["gen"],
-                "iou_forced_vs_reference": iou["forced"],
-                "iou_generated_vs_forced": iou["between"],
-            }
-        )
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -328,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--subset", action="append", required=True)
             p.add_argument("--rows", help="write every sample's text and check here")
             p.add_argument("--show", type=int, default=8, help="print this many texts")
+            p.add_argument("--limit", type=int, default=None, help="the first N samples only")
         else:
             p.add_argument("--config", required=True)
             p.add_argument("--holdout", action="append", required=True)
@@ -339,13 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
-    p = sub.add_parser("textfree")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--spie", required=True)
-    p.add_argument("--subset", action="append", required=True)
-    p.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    commands = {"truth": cmd_truth, "loso": cmd_loso, "cost": cmd_cost, "textfree": cmd_textfree}
+    commands = {"truth": cmd_truth, "loso": cmd_loso, "cost": cmd_cost}
     commands[args.command](args)
     return 0
 

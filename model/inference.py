@@ -50,16 +50,18 @@ from model.checkpoint import (
 )
 from model.evidence import SceneStats, fit_scene_stats, stats_to_json, tile_inputs
 from model.llm import GenerationSettings
+from model.responses import forced_response
 from model.spex import SpexModel
 from model.timing import stage_timer
-from model.windows import blend, central_window, crop, plan_windows
+from model.windows import blend, crop, plan_windows
 from pipeline.errors import SpexInputError
 from pipeline.extractor import TileBatch, TileResult
 
-# (tile pixels (C, H, W) with NaN at nodata, band codes, target, valid (H, W)) -> text
-InstructionFn = Callable[[np.ndarray, tuple[str, ...], str, np.ndarray], str]
+# (window pixels (C, H, W) with NaN at nodata, band codes, target, valid (H, W)) ->
+# (instruction, coarse mask uint8 1/0/255 or None where the index cannot run)
+PromptFn = Callable[[np.ndarray, tuple[str, ...], str, np.ndarray], tuple[str, np.ndarray | None]]
 
-VERSION = "2"
+VERSION = "3"  # 3: the mask from a forced response, text from the final mask
 
 # Models reloaded by unpickled extractors, keyed by (folder, weights sha256, device): a
 # Dask worker deserialises the plan once per task, and each copy must not load its own.
@@ -89,14 +91,20 @@ def clear_model_cache() -> None:
         _MODEL_CACHE.clear()
 
 
-def apg_instruction(
+def apg_prompt(
     pixels: np.ndarray, bands: tuple[str, ...], target: str, valid: np.ndarray
-) -> str:
-    """The paper's instruction from the Attribute Prompt Generator (imported lazily so
-    this module loads without it)."""
-    from pipeline.apg import run_apg
+) -> tuple[str, np.ndarray | None]:
+    """The paper's instruction and coarse mask from the Attribute Prompt Generator; a
+    window whose index needs a band the scene lacks gets the instruction without regions
+    and no coarse mask (imported lazily so this module loads without the APG)."""
+    from pipeline.apg import build_instruction, run_apg
+    from pipeline.targets import load_target
 
-    return run_apg(pixels, bands, target, valid=valid).instruction
+    try:
+        apg = run_apg(pixels, bands, target, valid=valid)
+    except SpexInputError:
+        return build_instruction(load_target(target).category, "[]"), None
+    return apg.instruction, apg.mask
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -128,7 +136,7 @@ class SpexExtractor:
         settings: GenerationSettings | None = None,
         batch_size: int = 8,
         weights_sha256: str | None = None,
-        instruction_fn: InstructionFn = apg_instruction,
+        prompt_fn: PromptFn = apg_prompt,
         use_autocast: bool = True,
         checkpoint: str | Path | None = None,
     ) -> None:
@@ -140,7 +148,7 @@ class SpexExtractor:
         self.config = model.config
         self.settings = settings or GenerationSettings.for_model(self.config)
         self.batch_size = batch_size
-        self.instruction_fn = instruction_fn
+        self.prompt_fn = prompt_fn
         self.use_autocast = use_autocast
         self.stats: SceneStats | None = None
         self._sha256 = weights_sha256
@@ -214,79 +222,132 @@ class SpexExtractor:
 
     def predict(self, batch: TileBatch, timings: dict[str, float] | None = None) -> TileResult:
         """Probabilities and descriptions; ``timings`` (optional) accumulates seconds per
-        stage ('apg', 'encoder', 'llm_prefill', 'llm_generate', 'tcp_decoder')."""
+        stage ('apg', 'encoder', 'llm_prefill', 'llm_generate', 'tcp_decoder').
+
+        Two passes. The mask: per window, the APG's instruction and the writer's
+        description of its coarse mask forced as the response (one prefill, no decoding
+        loop: :meth:`SpexModel.infer_mask`), the windows blended into the tile. The text,
+        only when ``batch.describe``: per tile, the instruction filled with the regions
+        of the tile's *final* mask, and the model's description generated from the whole
+        tile (resized to the input size), so the text speaks of the mask it is checked
+        against. The mask is the same with or without descriptions."""
         cfg = self.config
         check_bands(tuple(cfg.inputs.required_bands), tuple(batch.bands))
         bands = tuple(batch.bands)
         b, _, h, w = batch.pixels.shape
         size = cfg.input_size
         grid = plan_windows(h, w, size, cfg.inputs.window_overlap)
-        jobs: list[tuple[np.ndarray, np.ndarray, bool, str]] = []
+        tokenizer = self.model.llm.tokenizer
+        jobs: list[tuple[np.ndarray, np.ndarray, bool, str, str]] = []
+        tile_evidence: list[np.ndarray] = []
+        valids: list[np.ndarray] = []
         for i in range(b):
             raw = batch.pixels[i].astype(np.float32, copy=False)
             valid = batch.valid[i] & np.isfinite(raw).all(axis=0)
             ev, prior, present = tile_inputs(raw, bands, valid, batch.target, self.stats, cfg)
+            tile_evidence.append(ev)
+            valids.append(valid)
             for window in grid:
                 win_raw = crop(raw, window, size, np.nan)
                 win_valid = crop(valid, window, size, False)
                 with stage_timer(timings, "apg"):
-                    instruction = self.instruction_fn(win_raw, bands, batch.target, win_valid)
+                    instruction, coarse = self.prompt_fn(win_raw, bands, batch.target, win_valid)
+                    win_prior = crop(prior, window, size, cfg.inputs.absent_prior_logit)
+                    if coarse is None:  # no index for this window: the prior's mask stands in
+                        coarse = np.where(win_valid, win_prior > 0, 255).astype(np.uint8)
+                    response = forced_response(
+                        coarse, win_raw, bands, batch.target, tokenizer, cfg.max_new_tokens
+                    )
                 jobs.append(
                     (
                         crop(ev, window, size, 0.0),
-                        crop(prior, window, size, cfg.inputs.absent_prior_logit),
+                        win_prior,
                         present,
                         instruction,
+                        response,
                     )
                 )
         window_probs: list[np.ndarray] = []
-        window_texts: list[str] = []
         for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start : start + self.batch_size]
-            p, t = self._run(chunk, batch.target, timings, batch.describe)
-            window_probs.extend(p)
-            window_texts.extend(t)
+            window_probs.extend(
+                self._mask(jobs[start : start + self.batch_size], batch.target, timings)
+            )
         n = len(grid)
-        centre = central_window(grid)
         probs = np.zeros((b, h, w), dtype=np.float32)
-        texts: list[str] = []
         for i in range(b):
             probs[i] = blend(grid, window_probs[i * n : (i + 1) * n])
-            texts.append(window_texts[i * n + centre])
         probs[~batch.valid] = 0.0
         if not batch.describe:
             return TileResult(probability=probs, texts=(None,) * b)
+        texts = self._describe(tile_evidence, probs, valids, batch.target, timings)
         return TileResult(probability=probs, texts=tuple(texts))
 
-    def _run(
+    def _mask(
         self,
-        chunk: list[tuple[np.ndarray, np.ndarray, bool, str]],
+        chunk: list[tuple[np.ndarray, np.ndarray, bool, str, str]],
         target: str,
         timings: dict[str, float] | None = None,
-        describe: bool = True,
-    ) -> tuple[list[np.ndarray], list[str]]:
+    ) -> list[np.ndarray]:
         x = torch.from_numpy(np.stack([c[0] for c in chunk])).to(self.device)
         prior = torch.from_numpy(np.stack([c[1] for c in chunk])).to(self.device)
         present = torch.tensor([c[2] for c in chunk], device=self.device)
+        with autocast_for(self.device, self.use_autocast):
+            logits = self.model.infer_mask(
+                x,
+                [c[3] for c in chunk],
+                [c[4] for c in chunk],
+                [target] * len(chunk),
+                prior,
+                present,
+                timings,
+            )
+        return list(torch.sigmoid(logits.float()).cpu().numpy().astype(np.float32))
+
+    def _describe(
+        self,
+        evidence: list[np.ndarray],
+        probs: np.ndarray,
+        valids: list[np.ndarray],
+        target: str,
+        timings: dict[str, float] | None = None,
+    ) -> list[str]:
+        """One description per tile from its final mask's regions (see :meth:`predict`)."""
+        from pipeline.apg import build_instruction, extract_regions
+        from pipeline.targets import load_target
+
+        category = load_target(target).category
+        size = self.config.input_size
+        instructions = []
+        for p, valid in zip(probs, valids, strict=True):
+            final = np.where(valid, (p >= 0.5).astype(np.uint8), 255)
+            with stage_timer(timings, "apg"):
+                regions, _ = extract_regions(final)
+            instructions.append(build_instruction(category, regions))
         bad = None
         if self.settings.only_requested_target:
             if target not in self._bad_words:
                 self._bad_words[target] = self._other_target_words(target)
-            bad = [self._bad_words[target]] * len(chunk)
-        with autocast_for(self.device, self.use_autocast):
-            pred = self.model.infer(
-                x,
-                [c[3] for c in chunk],
-                self.settings,
-                timings,
-                targets=[target] * len(chunk),
-                prior=prior,
-                prior_present=present,
-                decode_text=describe,
-                bad_words=bad,
-            )
-        probs = torch.sigmoid(pred.mask_logits.float()).cpu().numpy().astype(np.float32)
-        return list(probs), pred.texts
+            bad = [self._bad_words[target]] * len(evidence)
+        texts: list[str] = []
+        for start in range(0, len(evidence), self.batch_size):
+            stop = min(len(evidence), start + self.batch_size)
+            x = torch.stack(
+                [
+                    torch.nn.functional.interpolate(
+                        torch.from_numpy(ev)[None], size=(size, size), mode="area"
+                    )[0]
+                    for ev in evidence[start:stop]
+                ]
+            ).to(self.device)
+            with autocast_for(self.device, self.use_autocast):
+                texts += self.model.describe(
+                    x,
+                    instructions[start:stop],
+                    self.settings,
+                    timings,
+                    None if bad is None else bad[start:stop],
+                )
+        return texts
 
     def _other_target_words(self, target: str) -> list[list[int]]:
         """Token sequences of the other targets' category words (as written at a

@@ -1,9 +1,11 @@
 """The assembled SPEX model: encoder -> MSAM -> LLM -> TCP -> SAM mask decoder.
 
 ``forward`` is the training pass (teacher-forced response: text CE + BCE + Dice, weights
-from the config); ``infer`` is the inference pass (generated response). Both take the
-response's final-layer hidden states into the TCP, so the mask branch sees the same kind
-of input in training and at inference.
+from the config); ``infer`` is the paper's inference pass (generated response, then the
+mask from its hidden states). The pipeline's extractor uses ``infer_mask`` (the mask from
+a forced response in one prefill pass, as in training) and ``describe`` (text only).
+Every path takes a response's final-layer hidden states into the TCP, so the mask branch
+sees the same kind of input in training and at inference.
 
 The input is the evidence stack of :mod:`model.evidence` (reflectance, indices, spectral
 priors), and the mask is a learned *correction* of the target's spectral prior:
@@ -232,6 +234,67 @@ class SpexModel(nn.Module):
                 maps, fused, gen.hidden, gen.mask, pixels, list(targets), prior, prior_present
             )
         return SpexPrediction(logits, gen.texts, gen.tokens)
+
+    @torch.no_grad()
+    def infer_mask(
+        self,
+        pixels: torch.Tensor,
+        instructions: list[str],
+        responses: list[str],
+        targets: Sequence[str],
+        prior: torch.Tensor,
+        prior_present: torch.Tensor | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """(B, S, S) mask logits from a forced response: one prefill pass over prompt and
+        ``responses`` (the teacher-forced pass of training), no decoding loop. The
+        extractor forces the writer's description of the APG's coarse mask
+        (:mod:`model.responses`), so the mask never depends on generated text."""
+        cfg = self.config
+        with stage_timer(timings, "encoder", pixels):
+            maps, fused = self.encode_maps(pixels)
+        with stage_timer(timings, "llm_prefill", pixels):
+            prompt = self.llm.pack(
+                visual_tokens(fused, cfg.visual_token_budget),
+                instructions,
+                cfg.system_prompt,
+                responses,
+            )
+            hidden, _ = self.llm.hidden_states(
+                prompt.embeds, prompt.attention_mask, prompt.position_ids
+            )
+        assert prompt.response_mask is not None
+        with stage_timer(timings, "tcp_decoder", pixels):
+            return self.decode_mask(
+                maps,
+                fused,
+                hidden,
+                prompt.response_mask,
+                pixels,
+                list(targets),
+                prior,
+                prior_present,
+            )
+
+    @torch.no_grad()
+    def describe(
+        self,
+        pixels: torch.Tensor,
+        instructions: list[str],
+        settings: GenerationSettings | None = None,
+        timings: dict[str, float] | None = None,
+        bad_words: list[list[list[int]]] | None = None,
+    ) -> list[str]:
+        """Generate one description per image (no mask): the text pass of the extractor,
+        whose instructions carry the final mask's regions."""
+        cfg = self.config
+        settings = settings or GenerationSettings.for_model(cfg)
+        with stage_timer(timings, "encoder", pixels):
+            _, fused = self.encode_maps(pixels)
+            prompt = self.llm.pack(
+                visual_tokens(fused, cfg.visual_token_budget), instructions, cfg.system_prompt
+            )
+        return self.llm.generate(prompt, settings, timings, bad_words=bad_words).texts
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -174,8 +174,9 @@ class Prefetch:
         from rasterio.windows import Window
 
         # the block reader's options (pipeline.scene.reader.READ_OPTIONS), read in place
-        # here: that module's package imports dask
-        with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(path) as src:
+        # here: that module's package imports dask. A scene without georeferencing is
+        # skipped quietly: the job's own check refuses it with one error line.
+        with rasterio.Env(GDAL_NUM_THREADS="1"), _quiet_open(path) as src:
             if src.crs is None or src.transform.is_identity:
                 return None
             indexes = list(range(1, src.count + 1))
@@ -213,3 +214,15 @@ def start_prefetch(scene: str | Path) -> Prefetch | None:
     if path.suffix.lower() not in PREFETCH_SUFFIXES or not path.is_file():
         return None
     return Prefetch(path)
+
+
+def _quiet_open(path: Path) -> Any:
+    """``rasterio.open`` without rasterio's NotGeoreferencedWarning on stderr."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)

@@ -558,37 +558,3 @@ def balance_targets(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any
         copies, rest = divmod(most, len(group))
         out += group * copies + rng.sample(group, rest)
     return out
-
-
-def truncate_responses(responses: list[str], tokenizer: Any, n_tokens: int | None) -> list[str]:
-    """Cut responses to the whole sentences that fit in ``n_tokens`` tokens (the first
-    ``n_tokens`` tokens when not even one sentence fits): inference generates at most
-    ``max_new_tokens`` tokens and the TCP pools over the response's hidden states, so
-    training on the same span keeps the mask branch's input alike in both passes, and
-    whole sentences teach the model to end its description (the end token) rather than
-    stop mid-claim. The grounded writer puts its most important sentences first."""
-    from pipeline.truthfulness import split_sentences
-
-    if not n_tokens:
-        return responses
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    out = []
-    for text in responses:
-        if count(text) <= n_tokens:
-            out.append(text)
-            continue
-        sentences = split_sentences(text)
-        kept = ""
-        for k in range(1, len(sentences) + 1):
-            candidate = " ".join(sentences[:k])
-            if count(candidate) > n_tokens:
-                break
-            kept = candidate
-        if not kept:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            kept = tokenizer.decode(ids[:n_tokens])
-        out.append(kept)
-    return out

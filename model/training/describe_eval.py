@@ -94,17 +94,18 @@ def evaluate_descriptions(
         raise ValueError(f"{spie}: no samples for subsets {list(subsets)} (split {split})")
     state: dict[str, str | None] = {"sensor": None}
 
-    def instruction(pixels, bands, target, valid) -> str:
+    def prompt(pixels, bands, target, valid) -> tuple[str, np.ndarray | None]:
         try:
-            return run_apg(pixels, bands, target, valid=valid, sensor=state["sensor"]).instruction
+            apg = run_apg(pixels, bands, target, valid=valid, sensor=state["sensor"])
         except SpexInputError:
-            return build_instruction(load_target(target).category, "[]")
+            return build_instruction(load_target(target).category, "[]"), None
+        return apg.instruction, apg.mask
 
     extractor = SpexExtractor(
         load_checkpoint(checkpoint),
         device="cpu",
         settings=settings,
-        instruction_fn=instruction,
+        prompt_fn=prompt,
         batch_size=batch_size,
     )
     samples: list[dict[str, Any]] = []

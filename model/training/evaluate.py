@@ -100,21 +100,15 @@ def mvpnet_factory(folder: str | Path) -> ExtractorFactory:
 
 def spex_factory(checkpoint: str | Path, *, prompt: bool = True) -> ExtractorFactory:
     """SPEX from a checkpoint; ``prompt=False`` is the no-spectral-prompt ablation."""
-    from model.inference import SpexExtractor, apg_instruction
+    from model.inference import SpexExtractor, apg_prompt
     from pipeline.apg import build_instruction
     from pipeline.targets import load_target
 
-    def no_prompt(pixels, bands, target, valid) -> str:
-        return build_instruction(load_target(target).category, "[]")
-
-    def tolerant(pixels, bands, target, valid) -> str:
-        try:
-            return apg_instruction(pixels, bands, target, valid)
-        except SpexInputError:  # the index needs a band the scene lacks: no regions
-            return no_prompt(pixels, bands, target, valid)
+    def no_prompt(pixels, bands, target, valid) -> tuple[str, None]:
+        return build_instruction(load_target(target).category, "[]"), None
 
     extractor = SpexExtractor.from_checkpoint(
-        checkpoint, device="cpu", instruction_fn=tolerant if prompt else no_prompt
+        checkpoint, device="cpu", prompt_fn=apg_prompt if prompt else no_prompt
     )
     return lambda target: extractor
 

@@ -29,6 +29,7 @@ import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import CONFIGS
+from model.responses import truncate_responses
 from model.spex import SpexModel
 from model.stages import set_stage, trainable_groups
 from model.training.config import TrainConfig
@@ -38,7 +39,6 @@ from model.training.data import (
     balanced_weight,
     seg_batches,
     text_batches,
-    truncate_responses,
 )
 from model.training.loop import EpochCallback, Stage, StepCallback, load_state, run_stage
 from model.training.mvpnet import MVPNet, load_mvpnet, partial_label_ce, save_mvpnet

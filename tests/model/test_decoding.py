@@ -35,7 +35,7 @@ def test_bad_word_tokens() -> None:
 
 def _prompt(model: SpexModel, n: int):
     torch.manual_seed(1)
-    x = torch.rand(n, len(BANDS4), SIZE, SIZE)
+    x = torch.rand(n, model.config.input_channels, SIZE, SIZE)  # an evidence stack
     from model.msam import visual_tokens
 
     fused = model.encode(x)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_new_catalogs_match_the_shared_data_readme() -> None:
     aber = load_dataset("s2-aberystwyth")
     assert aber.targets == {"vegetation": (1, 2), "water": (4,), "building": (3,)}
-    assert aber.open_kwargs == {"scale": 0.001}
+    assert aber.open_kwargs == {"level": "L2A", "encoding": "reflectance-x1000"}
     rondonia = load_dataset("l8-rondonia-points")
     assert rondonia.targets == {"water": (1,), "vegetation": (3,)}
     assert rondonia.ignore_for == {"vegetation": (4,)}  # pasture: neither

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from model.training.data import SpieIndex, seg_batches, text_batches, truncate_responses
+from model.responses import truncate_responses
+from model.training.data import SpieIndex, seg_batches, text_batches
 from model.training.mvpnet import load_mvpnet, partial_label_ce
 from model.training.stages import (
     per_target_config,

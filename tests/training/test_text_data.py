@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from model.responses import truncate_responses
 from model.tokenizer import train_tokenizer
-from model.training.data import SpieIndex, balance_targets, sample_text, truncate_responses
+from model.training.data import SpieIndex, balance_targets, sample_text
 from pipeline.spie.facts import sample_facts
 from pipeline.spie.quality import score_response
 from pipeline.truthfulness import split_sentences
