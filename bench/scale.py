@@ -4,10 +4,10 @@
   the NAIP epochs (3736 x 2892, 10.8 Mpx) and on a 40 x 40 one (37360 x 28920, 1.08 Gpx).
 - spex: the default SPEX model (``model/weights/default``) on a 4 x 4 VRT mosaic of the
   bundled Sentinel-2 sample (3072 x 3072, 9.4 Mpx) and on a 13 x 13 one (9984 x 9984,
-  99.7 Mpx). ``--spex-partial K`` runs only the first K batches of the large SPEX job and
-  projects the whole job: planning as measured, batches at the measured seconds per
-  batch, and finalise at the small job's seconds per megapixel (that step alone is then
-  assumed linear). By default both jobs run whole.
+  99.7 Mpx). ``--spex-partial K`` runs only K batches of the large SPEX job, spread evenly over
+  its batch list, and projects the whole job: planning as measured, batches at the
+  measured seconds per tile pixel, and finalise at the small job's seconds per
+  megapixel (that step alone is then assumed linear). By default both jobs run whole.
 
 Both mosaics of a pair are VRTs over the same real files (bench/scenes.py), so they differ
 only in area. Each job runs in a fresh process (``spex extract``'s library path, default
@@ -65,7 +65,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     with extraction_job(spec["scene"], settings, spec["out"]) as plan:
         t1 = time.perf_counter()
         batches = plan.pending_batches()
-        todo = batches[: spec["partial"]] if spec.get("partial") else batches
+        todo = batches
+        if spec.get("partial"):  # spread over the grid, so edge tiles are sampled too
+            k = min(spec["partial"], len(batches))
+            todo = [batches[i * len(batches) // k] for i in range(k)]
         run_batches(plan, todo)
         t2 = time.perf_counter()
         if len(todo) == len(batches):
@@ -79,6 +82,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         "tiles": len(plan.grid),
         "batches": len(batches),
         "batches_run": len(todo),
+        "tile_px_run": sum(t.height * t.width for b in todo for t in b),
+        "tile_px_all": sum(t.height * t.width for b in batches for t in b),
         "plan_s": t1 - t0,
         "batches_s": t2 - t1,
         "finalise_s": t3 - t2 if len(todo) == len(batches) else None,
@@ -105,9 +110,11 @@ def compare(name: str, small: dict[str, Any], large: dict[str, Any]) -> dict[str
     small_job = small["plan_s"] + small["batches_s"] + small["finalise_s"]
     projected = large["finalise_s"] is None
     if projected:
-        per_batch = large["batches_s"] / large["batches_run"]
+        # batches at the measured seconds per tile pixel (tiles at the scene's edge are
+        # smaller and cheaper, so a per-batch average would be biased)
+        batches_s = large["batches_s"] / large["tile_px_run"] * large["tile_px_all"]
         finalise = small["finalise_s"] / small["megapixels"] * large["megapixels"]
-        large_job = large["plan_s"] + per_batch * large["batches"] + finalise
+        large_job = large["plan_s"] + batches_s + finalise
     else:
         large_job = large["plan_s"] + large["batches_s"] + large["finalise_s"]
     small_rate, large_rate = small_job / small["megapixels"], large_job / large["megapixels"]
