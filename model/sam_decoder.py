@@ -24,6 +24,8 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from model.checkpoint_files import CheckpointError, check_state_dict
+
 _PRIVATE_NAME = "_spex_sam_modeling"
 
 
@@ -200,8 +202,6 @@ class SpexMaskDecoder(nn.Module):
         """Load the decoder (``mask_decoder.*``) and, when present, the no-mask embedding,
         mask-prompt encoder and positional-encoding matrix (``prompt_encoder.*``) from a
         SAM ``.pth``."""
-        from model.checkpoint import CheckpointError, check_state_dict
-
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]

@@ -8,9 +8,9 @@ Choices, and why:
   inputs (the usual case: one tile of one product over time) are copied, not resampled.
   Other inputs are reprojected on the fly (``WarpedVRT``, nearest: masks are classes).
 - **Newest observation wins.** Masks are given newest first; a pixel takes the first
-  mask that observed it (value 0 or 1). 255 (nodata) in a newer scene lets an older one
+  mask that observed it (target or other). Nodata in a newer scene lets an older one
   show through, so clouds or scene edges do not punch holes while any scene saw the
-  ground. Pixels no scene covered, and pixels outside the AOI polygon, stay 255.
+  ground. Pixels no scene covered, and pixels outside the AOI polygon, stay nodata.
 - **Bounded memory.** Window by window (``window`` pixels square): one output window plus
   one window per input at a time, whatever the region size. The window loop also counts
   pixels, so areas come for free without rereading the mosaic.
@@ -45,8 +45,9 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.errors import OutputError
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.atomic import atomic_path
-from pipeline.outputs.cog import GDAL_ENV, MASK_NODATA, to_cog
+from pipeline.outputs.cog import GDAL_ENV, to_cog
 from pipeline.regions import Aoi
 
 WINDOW = 512
@@ -64,7 +65,7 @@ class MosaicGrid:
 
 @dataclass(frozen=True)
 class SceneMask:
-    """One input: a scene's uint8 mask COG (1 target, 0 other, 255 nodata)."""
+    """One input: a scene's uint8 mask COG (:mod:`pipeline.mask_codes`)."""
 
     scene: str
     path: Path
@@ -180,7 +181,7 @@ def mosaic_masks(
     all_tags = {
         "SPEX_MOSAIC_SCENES": json.dumps([m.scene for m in masks]),
         "SPEX_MOSAIC_MISSING": json.dumps([dict(m) for m in missing], sort_keys=True),
-        "SPEX_MOSAIC_RULE": "newest observation wins; 255 where no scene observed",
+        "SPEX_MOSAIC_RULE": f"newest observation wins; {MASK_NODATA} where no scene observed",
         **dict(tags or {}),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,11 +256,11 @@ def _mosaic_window(
         seen = inside & (data != MASK_NODATA)
         per = stats.per_scene[m.scene]
         per["observed_m2"] += float((seen * areas).sum())
-        per["target_m2"] += float((((data == 1) & inside) * areas).sum())
+        per["target_m2"] += float((((data == MASK_TARGET) & inside) * areas).sum())
         fill = seen & (out == MASK_NODATA)
         out[fill] = data[fill]
     stats.observed_m2 += float(((out != MASK_NODATA) * areas).sum())
-    stats.target_m2 += float(((out == 1) * areas).sum())
+    stats.target_m2 += float(((out == MASK_TARGET) * areas).sum())
     dst.write(out, 1, window=win)
 
 
@@ -282,6 +283,6 @@ def compare_masks(
             areas = areas[:, None]
             observed = (pa != MASK_NODATA) & (pb != MASK_NODATA)
             both += float((observed * areas).sum())
-            gained += float(((observed & (pa == 0) & (pb == 1)) * areas).sum())
-            lost += float(((observed & (pa == 1) & (pb == 0)) * areas).sum())
+            gained += float(((observed & (pa == MASK_OTHER) & (pb == MASK_TARGET)) * areas).sum())
+            lost += float(((observed & (pa == MASK_TARGET) & (pb == MASK_OTHER)) * areas).sum())
     return {"gained_m2": gained, "lost_m2": lost, "observed_in_both_m2": both}

@@ -25,32 +25,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
+from pipeline.bands import band_codes, band_name
+from pipeline.catalog_io import check_entry, check_keys, number, read_catalog_yaml, required
 from pipeline.errors import CatalogError
-
-#: Canonical band codes (Awesome Spectral Indices convention) and what they are called in
-#: messages. This is the vocabulary catalogs may use, not a sensor fact.
-CANONICAL_BANDS: dict[str, str] = {
-    "A": "coastal aerosol",
-    "B": "blue",
-    "G": "green",
-    "G1": "green 1",
-    "Y": "yellow",
-    "R": "red",
-    "RE1": "red edge 1",
-    "RE2": "red edge 2",
-    "RE3": "red edge 3",
-    "N": "near infrared",
-    "N2": "narrow near infrared",
-    "WV": "water vapour",
-    "C": "cirrus",
-    "S1": "shortwave infrared 1 (~1.6 um)",
-    "S2": "shortwave infrared 2 (~2.2 um)",
-    "T": "thermal infrared",
-    "T1": "thermal infrared 1",
-    "T2": "thermal infrared 2",
-    "PAN": "panchromatic",
-}
 
 _SENSOR_KEYS = ("name", "title", "resolution_m", "bands")
 _BAND_KEYS = ("code", "native", "wavelength_nm")
@@ -91,7 +68,7 @@ class SensorBand:
     @property
     def long_name(self) -> str:
         """Readable name for messages, e.g. 'near infrared'."""
-        return CANONICAL_BANDS.get(self.code, self.code)
+        return band_name(self.code)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -250,15 +227,13 @@ def _parse_band(raw: Any, where: str) -> SensorBand:
     for key in _BAND_KEYS:
         required(raw, key, where)
     code = str(raw["code"])
-    if code not in CANONICAL_BANDS:
+    if code not in band_codes():
         raise CatalogError(
-            f"{where}: band code {code!r} is not a canonical code; use one of "
-            + ", ".join(CANONICAL_BANDS)
+            f"{where}: band code {code!r} is not a canonical code (catalogs/bands.yaml); "
+            "use one of " + ", ".join(band_codes())
         )
     where_band = f"{where} band {code}"
-    unknown = set(raw) - {*_BAND_KEYS, "aliases", "reflective", "resolution_m"}
-    if unknown:
-        raise CatalogError(f"{where_band}: unknown key(s) {', '.join(sorted(unknown))}")
+    check_keys(raw, where_band, allowed={*_BAND_KEYS, "aliases", "reflective", "resolution_m"})
     reflective = raw.get("reflective", True)
     if not isinstance(reflective, bool):
         raise CatalogError(f"{where_band}: key 'reflective' must be true or false")

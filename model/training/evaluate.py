@@ -3,8 +3,8 @@ recall / precision / OA / F1 / IoU per data set and target.
 
 What is scored is what ``spex extract`` would deliver: every method is a pipeline
 extractor, fitted on the whole scene (``fit_scene``: the index extractor's and SPEX's
-scene-level Otsu thresholds) and run over the extraction job's own tile grid (512 px
-tiles, 64 px overlap, the stitcher's raised-cosine blend), its probability thresholded
+scene-level Otsu thresholds) and run over the extraction job's own tile grid (the
+default tile size and overlap, the stitcher's raised-cosine blend), its probability thresholded
 at 0.5. The methods:
 
 - ``index-otsu``: the target's spectral index with one Otsu threshold over the scene
@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import SpexInputError
 from pipeline.extractor import Extractor, TileBatch
 from pipeline.metrics import ConfusionMatrix
 from pipeline.spie.scenes import LabelledImage, labelled_images
 from pipeline.stitching import tile_weight
-from pipeline.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, plan_tiles
+from pipeline.tiling import plan_tiles
 
 METHODS = ("index-otsu", "mvpnet", "spex", "spex-no-prompt", "spex-per-target")
 METRICS = ("recall", "precision", "oa", "f1", "iou")
@@ -54,7 +55,7 @@ def predict_scene(
     *,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> np.ndarray | None:
     """(H, W) probability of ``target`` over the whole image, as the extraction job
     computes it (fit on the scene, tile grid, blend); None when the extractor cannot
@@ -155,7 +156,7 @@ def build_factories(
 
 
 def confusion(prob: np.ndarray, truth: np.ndarray) -> ConfusionMatrix:
-    """Counts at threshold 0.5 over labelled pixels (truth 255 never counts)."""
+    """Counts at threshold 0.5 over labelled pixels (nodata truth never counts)."""
     return ConfusionMatrix().update((prob >= 0.5).astype(np.uint8), truth)
 
 

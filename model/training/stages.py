@@ -1,7 +1,7 @@
 """The three training stages of SPEX, wired onto :func:`model.training.loop.run_stage`.
 
 - stage 0 (:func:`stage0`): MVPNet (SPEX encoder + UperNet-style head), partial-label
-  cross-entropy over other/vegetation/water/building; its encoder initialises SPEX;
+  cross-entropy over "other" and the catalog's targets; its encoder initialises SPEX;
 - stage 1 (:func:`stage1`): encoder + MSAM + LLM on the text loss over all SPIE subsets.
   The LLM trains through LoRA (``stage1.llm: lora``, the paper's setting with a
   pretrained Qwen) or whole (``full``: the tiny LM starts from random weights, so LoRA
@@ -132,7 +132,14 @@ def stage0(
 
     def batches(epoch: int):
         return seg_batches(
-            index, spex, cfg.augment, sc.batch_size, cfg.seed, epoch, sc.samples_per_epoch
+            index,
+            spex,
+            cfg.augment,
+            sc.batch_size,
+            cfg.seed,
+            epoch,
+            sc.samples_per_epoch,
+            classes=model.classes,
         )
 
     def loss(batch) -> dict[str, torch.Tensor]:

@@ -20,7 +20,9 @@ import typer
 from pipeline.cli.models import models_app
 from pipeline.cli.spie import spie_app
 from pipeline.cli.train import eval_command, train_command
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import SpexInputError
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 
 if TYPE_CHECKING:
     from pipeline.extract import ExtractionSettings
@@ -210,7 +212,11 @@ def apg(
     nodata: NodataOpt = None,
     baseline: BaselineOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the coarse mask as a COG (1/0/255).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help=f"Write the coarse mask as a COG ({MASK_TARGET}/{MASK_OTHER}/{MASK_NODATA}).",
+        ),
     ] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Use this index threshold, not Otsu.")
@@ -254,7 +260,7 @@ def apg(
             out,
             crs=data.rio.crs,
             transform=data.rio.transform(),
-            nodata=255,
+            nodata=MASK_NODATA,
             tags={
                 "SPEX_INDEX": index_name,
                 "SPEX_THRESHOLD": repr(result.threshold),
@@ -298,7 +304,7 @@ def extract(
             "rule made it the default, else the index), 'spex' (the shipped SPEX weights), a "
             "registered version or a checkpoint path.",
         ),
-    ] = "default",
+    ] = DEFAULT_MODEL,
     sensor: SensorOpt = None,
     bands: BandsOpt = None,
     encoding: EncodingOpt = None,
@@ -307,8 +313,10 @@ def extract(
     offset: OffsetOpt = None,
     nodata: NodataOpt = None,
     baseline: BaselineOpt = None,
-    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels.")] = 512,
-    overlap: Annotated[int, typer.Option("--overlap", help="Tile overlap in pixels.")] = 64,
+    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels.")] = DEFAULT_TILE,
+    overlap: Annotated[
+        int, typer.Option("--overlap", help="Tile overlap in pixels.")
+    ] = DEFAULT_OVERLAP,
     allow_small_scene: Annotated[
         bool,
         typer.Option(
@@ -316,7 +324,9 @@ def extract(
             help="Run a scene smaller than --tile as one tile of its own size (no padding).",
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per batch.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Tiles per batch.")
+    ] = DEFAULT_BATCH_SIZE,
     formats: Annotated[
         str,
         typer.Option(

@@ -12,7 +12,7 @@ Why these choices:
 * Deterministic bytes: no TIFF DateTime tag is ever set, keys are written sorted,
   ``NUM_THREADS`` defaults to 1, statistics are not computed and PAM sidecars
   (``.aux.xml``) are disabled; so the same input gives the same bytes.
-* Overviews: ``mode`` for the class mask (keeps exactly the values 0/1/255, and a
+* Overviews: ``mode`` for the class mask (keeps exactly the mask codes, and a
   zoomed-out view shows the majority class rather than whichever pixel nearest
   resampling happened to hit), ``average`` for probabilities. With
   ``overview_count=None`` GDAL adds levels until the smallest one fits in one block.
@@ -49,7 +49,6 @@ from pipeline.outputs.atomic import atomic_path
 
 Kind = Literal["mask", "probability"]
 
-MASK_NODATA = 255
 DEFAULT_RESAMPLING: dict[str, str] = {"mask": "mode", "probability": "average"}
 
 

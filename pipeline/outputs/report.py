@@ -2,7 +2,7 @@
 
 The analyst's question after an extraction job is rarely "show me the pixels" but "how
 much water is there, and where are the big bodies?". This module answers it from the
-finished uint8 mask (1 target, 0 other, 255 nodata) alone, so it works the same for
+finished uint8 mask (:mod:`pipeline.mask_codes`) alone, so it works the same for
 every extractor (spectral index, MVPNet, SPEX) and can be rerun on an old output.
 
 Choices, and why:
@@ -49,6 +49,7 @@ from rasterio.enums import Resampling
 
 from pipeline.apg import MAX_REGIONS, RegionAttributes, extract_regions, label_regions
 from pipeline.errors import OutputError, SceneError, SpexInputError
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.descriptions import checked_markdown, summarise_descriptions
 from pipeline.outputs.narrative import scene_distribution, scene_narrative
 from pipeline.targets import load_target
@@ -205,8 +206,9 @@ def _read_mask(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any],
             raise SceneError(f"mask {path} has no geotransform; a report needs map coordinates")
         if src.count < 1 or src.dtypes[0] != "uint8":
             raise SceneError(
-                f"mask {path} must be a single-band uint8 raster (1 target, 0 other, "
-                f"255 nodata); got {src.count} band(s) of {src.dtypes[0] if src.count else '-'}"
+                f"mask {path} must be a single-band uint8 raster ({MASK_TARGET} target, "
+                f"{MASK_OTHER} other, {MASK_NODATA} nodata); got {src.count} band(s) of "
+                f"{src.dtypes[0] if src.count else '-'}"
             )
         height, width = src.height, src.width
         factor = _decimation(height, width, max_pixels)
@@ -342,10 +344,11 @@ def build_report(
 ) -> dict[str, Any]:
     """Scene-level report of the regions in a finished mask (JSON-ready, deterministic).
 
-    ``mask_path``: uint8 GeoTIFF/COG, 1 target, 0 other, 255 nodata (any value other than
-    0 and 1 counts as nodata), with CRS and transform. ``target`` names a target of
-    ``catalogs/targets.yaml``. ``provenance`` is copied in (floats cut to 10 significant
-    digits). ``descriptions``: per-tile texts from the extractor, see
+    ``mask_path``: uint8 GeoTIFF/COG in the mask codes of :mod:`pipeline.mask_codes` (any
+    value other than target and other counts as nodata), with CRS and transform.
+    ``target`` names a target of ``catalogs/targets.yaml``. ``provenance`` is copied in
+    (floats cut to 10 significant digits). ``descriptions``: per-tile texts from the
+    extractor, see
     :func:`_normalise_descriptions`, optionally with their ``check`` against the final
     mask (:mod:`pipeline.outputs.descriptions`), summarised in ``truthfulness``;
     ``descriptions_requested`` False records that none was asked for (``--no-describe``).
@@ -365,8 +368,8 @@ def build_report(
 
     crs_label = _crs_label(crs)
     row_area, method = row_cell_areas(crs, crs_label, transform, height, width)
-    is_target = mask == 1
-    valid = is_target | (mask == 0)
+    is_target = mask == MASK_TARGET
+    valid = is_target | (mask == MASK_OTHER)
     target_area = float(np.count_nonzero(is_target, axis=1) @ row_area)
     valid_area = float(np.count_nonzero(valid, axis=1) @ row_area)
     scene_area = float(row_area.sum() * width)
