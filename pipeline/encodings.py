@@ -24,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
+from pipeline.catalog_io import check_entry, check_keys, number, read_catalog_yaml, required
 from pipeline.errors import CatalogError
 
 CALIBRATIONS = ("scale", "mtl", "percentile")
@@ -152,8 +152,7 @@ def _default_rules(raw: Any, where: str) -> tuple[DefaultRule, ...]:
     rules = []
     for rule in raw:
         w = f"{where} default_for"
-        if set(rule) - {"sensors", "dtypes", "levels"}:
-            raise CatalogError(f"{w}: keys are sensors, dtypes and levels")
+        check_keys(rule, w, allowed={"sensors", "dtypes", "levels"})
         rules.append(
             DefaultRule(
                 sensors=_sensor_list(required(rule, "sensors", w), "sensors", w),

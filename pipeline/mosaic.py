@@ -14,9 +14,10 @@ Choices, and why:
 - **Bounded memory.** Window by window (``window`` pixels square): one output window plus
   one window per input at a time, whatever the region size. The window loop also counts
   pixels, so areas come for free without rereading the mosaic.
-- **Areas in m2** per grid row: planar cell area in projected CRSs; in geographic CRSs
-  each row's cell is measured as a geodesic polygon on the CRS's ellipsoid (a degree
-  cell shrinks towards the poles).
+- **Areas in m2** per grid row, measured as the scene report measures them
+  (:mod:`pipeline.geodesy`): planar cell area in projected CRSs; in geographic CRSs each
+  row's cell is a geodesic polygon on the CRS's ellipsoid (a degree cell shrinks
+  towards the poles).
 - The result appears atomically (intermediate tiled GeoTIFF, then COG via
   :func:`pipeline.outputs.cog.to_cog` into :func:`pipeline.outputs.atomic.atomic_path`).
 """
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import CRS, Geod
+from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
@@ -45,6 +46,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.errors import OutputError
+from pipeline.geodesy import row_cell_areas
 from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.atomic import atomic_path
 from pipeline.outputs.cog import GDAL_ENV, to_cog
@@ -129,23 +131,10 @@ def region_grid(aoi: Aoi, reference: Path, resolution: float | None = None) -> M
     return MosaicGrid(aoi.crs, Affine(rx, 0.0, left, 0.0, -ry, top), width, height)
 
 
-def row_areas(crs: str, transform: Affine, row_start: int, rows: int) -> np.ndarray:
-    """Area in m2 of one cell in each of ``rows`` grid rows starting at ``row_start``."""
-    c = CRS.from_user_input(crs)
-    if transform.b or transform.d:
-        raise OutputError("rotated grids are not supported for area computation")
-    if not c.is_geographic:
-        factor = c.axis_info[0].unit_conversion_factor if c.axis_info else 1.0
-        return np.full(rows, abs(transform.a * transform.e) * factor**2)
-    geod: Geod = c.get_geod()  # type: ignore[assignment]
-    dx = abs(transform.a)
-    out = np.empty(rows)
-    for k in range(rows):
-        top = transform.f + (row_start + k) * transform.e
-        bottom = top + transform.e
-        area, _ = geod.polygon_area_perimeter([0.0, dx, dx, 0.0], [bottom, bottom, top, top])
-        out[k] = abs(area)
-    return out
+def row_areas(grid: MosaicGrid, row_start: int, rows: int) -> np.ndarray:
+    """Area in m2 of one cell in each of ``rows`` rows of ``grid`` from ``row_start``
+    (:func:`pipeline.geodesy.row_cell_areas`, as the scene report measures them)."""
+    return row_cell_areas(grid.crs, grid.transform, rows, grid.width, row_start=row_start)[0]
 
 
 def _windows(grid: MosaicGrid, size: int) -> list[Window]:
@@ -248,7 +237,7 @@ def _mosaic_window(
         transform=window_transform(win, grid.transform),
         invert=True,
     )
-    areas = row_areas(grid.crs, grid.transform, int(win.row_off), h)[:, None]
+    areas = row_areas(grid, int(win.row_off), h)[:, None]
     stats.aoi_m2 += float((inside * areas).sum())
     out = np.full((h, w), MASK_NODATA, dtype=np.uint8)
     for m, vrt in zip(masks, vrts, strict=True):
@@ -279,8 +268,7 @@ def compare_masks(
         gained = lost = both = 0.0
         for win in _windows(grid, window):
             pa, pb = a.read(1, window=win), b.read(1, window=win)
-            areas = row_areas(grid.crs, grid.transform, int(win.row_off), int(win.height))
-            areas = areas[:, None]
+            areas = row_areas(grid, int(win.row_off), int(win.height))[:, None]
             observed = (pa != MASK_NODATA) & (pb != MASK_NODATA)
             both += float((observed * areas).sum())
             gained += float(((observed & (pa == MASK_OTHER) & (pb == MASK_TARGET)) * areas).sum())

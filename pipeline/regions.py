@@ -37,6 +37,7 @@ from pyproj.exceptions import CRSError
 from pipeline.catalog_io import check_keys, read_catalog_yaml
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import CatalogError
+from pipeline.scene_kind import is_zarr_store
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG_DIR = REPO / "catalogs" / "regions"
@@ -494,10 +495,7 @@ def _open_options(raw: Any, where: str) -> dict[str, Any]:
 
     if raw is None:
         return {}
-    keys = set(OPEN_OPTIONS) - {"sensor", "resolution"}
-    if not isinstance(raw, dict) or set(raw) - keys:
-        raise CatalogError(f"{where}: expected a mapping with keys among {', '.join(sorted(keys))}")
-    return dict(raw)
+    return dict(check_keys(raw, where, allowed=set(OPEN_OPTIONS) - {"sensor", "resolution"}))
 
 
 # ---------------------------------------------------------------------------- scenes
@@ -522,10 +520,6 @@ def _scene_id(path: Path) -> str:
     return path.name.removesuffix(".zarr") if path.is_dir() else path.stem
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs"))
-
-
 def _local_candidates(region: Region) -> list[SceneRef]:
     src = region.source
     base = Path(region.roots.folders[src.root]).resolve()
@@ -539,7 +533,7 @@ def _local_candidates(region: Region) -> list[SceneRef]:
     refs = []
     for match in matches:
         real = region.roots.check_inside(src.root, match, where)
-        if src.type == "zarr" and not _is_zarr(real):
+        if src.type == "zarr" and not is_zarr_store(real):
             raise CatalogError(f"{where}: {real} is not a Zarr store")
         refs.append(SceneRef(_scene_id(real), str(real), date_from_name(real.name)))
     return refs

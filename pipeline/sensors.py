@@ -255,9 +255,7 @@ def _parse_levels(raw: Any, where: str) -> tuple[LevelRule, ...]:
     out = []
     for level, rules in raw.items():
         w = f"{where} level {level}"
-        rules = rules or {}
-        if not isinstance(rules, dict) or set(rules) - _LEVEL_KEYS:
-            raise CatalogError(f"{w}: rules must be a mapping of {', '.join(sorted(_LEVEL_KEYS))}")
+        rules = check_keys(rules or {}, w, allowed=_LEVEL_KEYS)
         out.append(
             LevelRule(
                 level=str(level),

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from model.threads import torch_threads
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import SpexInputError
 from pipeline.extractor import Extractor, TileBatch
@@ -324,15 +325,9 @@ def run_evaluation(
     per_target: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Build the extractors, score the scenes, write JSON + Markdown."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         factories = build_factories(mvpnet, spex, methods, per_target)
         rows = evaluate_scenes(datasets, factories, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     meta = {
         "title": "Scene-level evaluation (given weights; not held out unless they were)",
         "datasets": [str(d) for d in datasets],

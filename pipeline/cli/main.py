@@ -39,7 +39,9 @@ app.add_typer(models_app, name="models")
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 
-TargetArg = Annotated[str, typer.Argument(help="What to extract: water, vegetation or building.")]
+TargetArg = Annotated[
+    str, typer.Argument(help="What to extract: a target of catalogs/targets.yaml (`spex targets`).")
+]
 SceneArg = Annotated[
     Path,
     typer.Argument(help="Scene file (GeoTIFF/COG/VRT/JP2), band-file folder, STAC item, Zarr."),
@@ -157,6 +159,15 @@ def sensors() -> None:
         codes = ", ".join(f"{b.code}={b.native}" for b in sensor.bands)
         typer.echo(f"{sensor.name:<28} {sensor.description}")
         typer.echo(f"{'':<28} bands: {codes}")
+
+
+@app.command()
+def targets() -> None:
+    """List the extraction targets (catalogs/targets.yaml): index, side, category."""
+    from pipeline.targets import load_targets
+
+    for t in load_targets().values():
+        typer.echo(f"{t.name:<14} {t.index} {t.side} the Otsu threshold; category {t.category!r}")
 
 
 @app.command()

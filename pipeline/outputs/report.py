@@ -44,11 +44,12 @@ import numpy as np
 import rasterio
 import rasterio.errors
 from affine import Affine
-from pyproj import CRS, Geod, Transformer
+from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
 
 from pipeline.apg import MAX_REGIONS, RegionAttributes, extract_regions, label_regions
 from pipeline.errors import OutputError, SceneError, SpexInputError
+from pipeline.geodesy import crs_unit, row_cell_areas
 from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.descriptions import checked_markdown, summarise_descriptions
 from pipeline.outputs.narrative import scene_distribution, scene_narrative
@@ -77,15 +78,6 @@ _LONLAT_DECIMALS = 7  # ~1 cm
 _PROJECTED_DECIMALS = 3  # mm in metre CRSs
 _GEOGRAPHIC_DECIMALS = 8  # map coordinates in degrees
 _SIGNIFICANT = 10  # provenance floats and resolutions
-
-_UNIT_ABBREVIATIONS = {
-    "metre": "m",
-    "meter": "m",
-    "degree": "deg",
-    "foot": "ft",
-    "US survey foot": "ftUS",
-}
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -119,17 +111,6 @@ def _jsonable(value: Any) -> Any:
     raise SpexInputError(f"report value of type {type(value).__name__} is not JSON-serialisable")
 
 
-def _unit_abbreviation(crs: CRS) -> tuple[str, float]:
-    """(unit label, metres per unit) of the CRS's first axis."""
-    if crs.is_geographic:
-        return "deg", float("nan")
-    axes = crs.axis_info
-    if not axes:
-        raise SceneError(f"CRS {crs.name!r} has no axis information; cannot tell its unit")
-    name, factor = axes[0].unit_name, axes[0].unit_conversion_factor
-    return _UNIT_ABBREVIATIONS.get(name, name), float(factor)
-
-
 def _crs_label(crs: CRS) -> str:
     """``EPSG:32633`` when the CRS (or, for a BOUNDCRS carrying TOWGS84, its source CRS)
     has an EPSG code, else the CRS name; the JSON adds the WKT when there is no code."""
@@ -157,37 +138,6 @@ def _decimation(height: int, width: int, max_pixels: int) -> int:
     while math.ceil(height / factor) * math.ceil(width / factor) > max_pixels:
         factor *= 2
     return factor
-
-
-def row_cell_areas(
-    crs: CRS, label: str, transform: Affine, height: int, width: int
-) -> tuple[np.ndarray, str]:
-    """Area in m2 of one cell in each grid row, and a sentence saying how it was measured.
-
-    Projected CRS: every cell has the same planar area. Geographic CRS: the geodesic area
-    of the row's cell on the CRS ellipsoid; for a rotated grid the cell at the centre
-    column stands for its row (an approximation the method text admits).
-    """
-    if not crs.is_geographic:
-        unit, factor = _unit_abbreviation(crs)
-        cell = abs(transform.a * transform.e - transform.b * transform.d) * factor**2
-        return np.full(height, cell, dtype=np.float64), (
-            f"planar: pixel count x |pixel area| of the {label} grid (unit {unit} = {factor:g} m)"
-        )
-    geod: Geod = crs.get_geod() or Geod(ellps="WGS84")
-    col = 0 if transform.b == 0 and transform.d == 0 else width // 2
-    areas = np.empty(height, dtype=np.float64)
-    for row in range(height):
-        corners = [transform @ (col + dx, row + dy) for dx, dy in ((0, 0), (1, 0), (1, 1), (0, 1))]
-        lons = [c[0] for c in corners]
-        lats = [c[1] for c in corners]
-        area, _ = geod.polygon_area_perimeter(lons, lats)
-        areas[row] = abs(area)
-    rotated = "" if col == 0 else " (rotated grid: centre-column cell per row, approximate)"
-    return areas, (
-        f"geodesic: per-row cell areas on the {label} ellipsoid "
-        f"({geod.initstring.strip()}){rotated}"
-    )
 
 
 # --------------------------------------------------------------------------- reading
@@ -363,11 +313,11 @@ def build_report(
     path = Path(mask_path)
     mask, facts, crs, transform, factor = _read_mask(path, max_pixels)
     height, width = mask.shape
-    unit, _ = _unit_abbreviation(crs)
+    unit, _ = crs_unit(crs)
     map_decimals = _GEOGRAPHIC_DECIMALS if crs.is_geographic else _PROJECTED_DECIMALS
 
     crs_label = _crs_label(crs)
-    row_area, method = row_cell_areas(crs, crs_label, transform, height, width)
+    row_area, method = row_cell_areas(crs, transform, height, width, label=crs_label)
     is_target = mask == MASK_TARGET
     valid = is_target | (mask == MASK_OTHER)
     target_area = float(np.count_nonzero(is_target, axis=1) @ row_area)

@@ -57,8 +57,8 @@ from skimage.measure import label as label_regions
 
 from pipeline.apg import location_name, size_class
 from pipeline.errors import OutputError
+from pipeline.geodesy import row_cell_areas
 from pipeline.mask_codes import MASK_TARGET
-from pipeline.outputs.report import row_cell_areas
 from pipeline.tiling import Tile, TileGrid
 
 #: Largest strip of the mask (pixels) held at once; a strip is at least 16 rows.
@@ -441,7 +441,7 @@ def write_polygons(
             raise OutputError(f"mask {mask_path} has no CRS; polygons need map coordinates")
         height, width, transform = src.height, src.width, src.transform
         crs = CRS.from_user_input(src.crs.to_wkt())
-        row_area, _ = row_cell_areas(crs, "mask", transform, height, width)
+        row_area, _ = row_cell_areas(crs, transform, height, width, label="mask")
         writer = _Writer(out, settings.layer, crs)
         uf = _UnionFind()
         open_regions: dict[int, _Region] = {}

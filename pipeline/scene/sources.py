@@ -51,6 +51,7 @@ from pipeline.scene.reader import (
     as_scene_array,
     lazy_raster,
 )
+from pipeline.scene_kind import is_zarr_store
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf")
@@ -671,19 +672,13 @@ def _stored_scene_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / m).exists() for m in (".zgroup", ".zarray", "zarr.json", ".zmetadata")
-    )
-
-
 def _dispatch(
     source: PathLike | Sequence[PathLike], chunks: int, resolution: float | None, resampling: str
 ) -> _Raw:
     if isinstance(source, str | Path):
         path = Path(source)
         check_path(path)
-        if _is_zarr(path) or path.suffix == ".zarr":
+        if is_zarr_store(path) or path.suffix == ".zarr":
             return _read_xr_sources([path], chunks, resolution, resampling, "zarr")
         if path.is_dir():
             files = sorted(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import check_keys, read_catalog_yaml
 from pipeline.errors import CatalogError
 from pipeline.indices import load_index
 from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
@@ -46,10 +46,18 @@ def load_pseudo_rule() -> PseudoRule:
     """Read and validate ``catalogs/pseudo_labels.yaml`` once."""
     resource = files("catalogs").joinpath("pseudo_labels.yaml")
     raw = read_catalog_yaml(resource, "pseudo-label")
+    where = str(resource)
+    check_keys(
+        raw,
+        where,
+        allowed={"margin", "missing_confirm_extra", "confirm", "bounds"},
+        needed={"margin", "missing_confirm_extra", "confirm"},
+    )
     try:
         confirm = {}
         for target, entry in raw["confirm"].items():
             load_target(str(target))
+            check_keys(entry, f"{where} confirm.{target}", allowed={"index", "side"})
             side = str(entry["side"])
             if side not in ("above", "below"):
                 raise CatalogError(f"{resource}: confirm.{target}.side must be above or below")
@@ -57,6 +65,7 @@ def load_pseudo_rule() -> PseudoRule:
         bounds = {}
         for target, entry in (raw.get("bounds") or {}).items():
             load_target(str(target))
+            check_keys(entry, f"{where} bounds.{target}", allowed={"positive_min", "negative_max"})
             lo, hi = entry.get("positive_min"), entry.get("negative_max")
             bounds[str(target)] = (
                 None if lo is None else float(lo),
