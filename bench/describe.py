@@ -244,6 +244,7 @@ def cmd_textfree(args: argparse.Namespace) -> None:
     from model.msam import visual_tokens
     from model.training.data import SpieIndex, subset_sensor, to_model_input, truncate_responses
     from pipeline.apg import run_apg
+    from pipeline.mask_codes import MASK_NODATA, MASK_TARGET
     from pipeline.spie.facts import sample_facts
     from pipeline.spie.responses import GroundedWriter
 
@@ -290,8 +291,8 @@ def cmd_textfree(args: argparse.Namespace) -> None:
             (torch.sigmoid(unletterbox(lg.float(), content, (h, w)))[0].numpy() >= 0.5) & valid
             for lg in (pred.mask_logits, logits)
         )
-        labelled = mask != 255
-        truth = mask == 1
+        labelled = mask != MASK_NODATA
+        truth = mask == MASK_TARGET
         for key, a, b in (
             ("gen", gen, truth),
             ("forced", forced, truth),

@@ -43,7 +43,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -1046,7 +1046,3 @@ def run_extraction(
             on_plan(plan, sum(len(b) for b in batches))
         run_batches(plan, batches, on_batch)
         return finalise(plan)
-
-
-def settings_dict(settings: ExtractionSettings) -> dict[str, Any]:
-    return asdict(settings)

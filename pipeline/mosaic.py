@@ -52,6 +52,7 @@ from pipeline.outputs.atomic import atomic_path
 from pipeline.outputs.cog import GDAL_ENV, to_cog
 from pipeline.regions import Aoi
 
+#: Side of the windows the mosaic is computed in (px): memory is one window per input.
 WINDOW = 512
 
 

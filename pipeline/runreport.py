@@ -32,6 +32,7 @@ from rasterio.warp import transform_bounds
 from pipeline import __version__
 from pipeline.errors import OutputError
 from pipeline.locking import output_lock
+from pipeline.markdown import markdown_table
 from pipeline.mosaic import MosaicResult, compare_masks, mosaic_masks
 from pipeline.outputs.atomic import atomic_write_text
 from pipeline.outputs.stac import build_item
@@ -179,22 +180,17 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     """A short human summary of the run report (also the flow's artifact)."""
     lines = [f"# {report['title']}: run {report['run_id']}", ""]
     lines.append(f"Status: **{report['status']}**; previous run: {report['previous_run']}.")
-    lines += [
-        "",
-        "| target | area (km2) | observed (km2) | change (km2) | gained | lost |",
-        "|---|---|---|---|---|---|",
-    ]
+
+    def km2(v: float | None) -> str:
+        return "-" if v is None else f"{v / 1e6:.4f}"
+
+    rows = []
     for target, t in report["targets"].items():
         ch = t["change"] or {}
-
-        def km2(v: float | None) -> str:
-            return "-" if v is None else f"{v / 1e6:.4f}"
-
-        lines.append(
-            f"| {target} | {km2(t['area_m2'])} | {km2(t['observed_m2'])} | "
-            f"{km2(ch.get('delta_m2'))} | {km2(ch.get('gained_m2'))} | "
-            f"{km2(ch.get('lost_m2'))} |"
-        )
+        change = (ch.get(k) for k in ("delta_m2", "gained_m2", "lost_m2"))
+        rows.append([target, km2(t["area_m2"]), km2(t["observed_m2"]), *map(km2, change)])
+    header = ["target", "area (km2)", "observed (km2)", "change (km2)", "gained", "lost"]
+    lines += ["", *markdown_table(header, rows)]
     failed = report["scenes"]["failed"]
     if failed:
         lines += ["", "## Missing scenes", ""]

@@ -79,7 +79,7 @@ from pipeline.outputs.atomic import (
     temp_path_for,
 )
 from pipeline.outputs.atomic import fsync_dir as _fsync_dir
-from pipeline.outputs.cog import GDAL_ENV, BandStyle, to_cog
+from pipeline.outputs.cog import COG_BLOCKSIZE, GDAL_ENV, BandStyle, to_cog
 from pipeline.tile_record import DamagedTileError, decode_tile, encode_tile
 from pipeline.tiling import Tile, TileGrid
 
@@ -455,7 +455,7 @@ class TileStore:
         *,
         tags: dict[str, str] | None = None,
         window: int = 1024,
-        blocksize: int = 512,
+        blocksize: int = COG_BLOCKSIZE,
         overview_count: int | None = None,
         styles: dict[str, BandStyle] | None = None,
         per_pixel: bool = False,

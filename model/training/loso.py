@@ -33,9 +33,10 @@ from model.promotion import TargetDecision, decide_per_target, decisions_markdow
 from model.threads import torch_threads
 from model.training.config import TrainConfig
 from model.training.evaluate import (
+    MARGINS,
     build_factories,
-    goal_check,
     iou_table,
+    margin_over_baselines,
     markdown_table,
 )
 from model.training.stages import final_model, prepare_data, product_dir, train
@@ -207,7 +208,7 @@ def run_loso(
     record = {
         "meta": meta,
         "decisions": {t: d.as_dict() for t, d in decisions.items()},
-        "goal": goal_check(rows),
+        MARGINS: margin_over_baselines(rows),
         "rows": rows,
     }
     atomic_write_text(out / "loso.json", json.dumps(record, indent=1))

@@ -50,6 +50,8 @@ from pipeline.outputs.atomic import atomic_path
 Kind = Literal["mask", "probability"]
 
 DEFAULT_RESAMPLING: dict[str, str] = {"mask": "mode", "probability": "average"}
+#: Internal tile size of the COGs written here (px; GDAL's COG driver default).
+COG_BLOCKSIZE = 512
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def to_cog(
     tags: Mapping[str, str] | None = None,
     nodata: float | None = None,
     resampling: str | None = None,
-    blocksize: int = 512,
+    blocksize: int = COG_BLOCKSIZE,
     overview_count: int | None = None,
     level: int = 6,
     num_threads: int = 1,
@@ -187,7 +189,7 @@ def write_array_cog(
     transform: Affine,
     nodata: float | None = None,
     tags: Mapping[str, str] | None = None,
-    blocksize: int = 512,
+    blocksize: int = COG_BLOCKSIZE,
 ) -> Path:
     """Write a small in-memory 2-D array as a final COG at ``path`` (atomically).
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from rasterio.enums import Resampling
 from pipeline.apg import MAX_REGIONS, RegionAttributes, extract_regions, label_regions
 from pipeline.errors import OutputError, SceneError, SpexInputError
 from pipeline.geodesy import crs_unit, row_cell_areas
+from pipeline.markdown import markdown_table as _table
 from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.descriptions import checked_markdown, summarise_descriptions
 from pipeline.outputs.narrative import scene_distribution, scene_narrative
@@ -423,15 +424,6 @@ def report_to_json(report: Mapping[str, Any]) -> str:
     return json.dumps(report, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _cell(value: Any) -> str:
-    """Table cell text; pipes and newlines would break a Markdown table row."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
 
@@ -443,12 +435,6 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
             rows.extend(_flatten(f"{prefix}.{k}" if prefix else str(k), value[k]))
         return rows
     return [(prefix, value)]
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def report_to_markdown(report: Mapping[str, Any]) -> str:

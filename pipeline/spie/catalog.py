@@ -47,6 +47,8 @@ SPLIT_METHODS = ("blocks", "hash", "lists", "pattern")
 LABEL_FORMATS = ("raster", "geojson", "pseudo")
 LABEL_ENCODINGS = ("index", "rgb")
 MISSING_INDEX_POLICIES = ("skip", "empty-prompt")
+#: Patch size (px) of a data set whose catalog gives none: the SPEX paper's SPIE patches.
+PAPER_PATCH_SIZE = 512
 #: Project folder: ``default_root`` entries are relative to it.
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 _TOP_KEYS = {
@@ -96,7 +98,7 @@ class Layout:
 class PatchSpec:
     """Patch size in pixels and the least valid share a kept patch must have."""
 
-    size: int = 512
+    size: int = PAPER_PATCH_SIZE
     min_valid: float = 0.25
 
 
@@ -168,9 +170,6 @@ class DatasetSpec:
                 f"data set {self.name!r} has no default root; pass --root with its folder"
             )
         return (PROJECT_DIR / self.default_root).resolve()
-
-    def class_name(self, class_id: int) -> str:
-        return self.classes.get(class_id, f"class {class_id}")
 
     @property
     def pseudo(self) -> bool:
@@ -361,7 +360,7 @@ def _common(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """The keys every entry validates the same way (patch, apg policy, open, texts)."""
     patch_raw = _mapping(raw.get("patch"), "patch", where)
     patch = PatchSpec(
-        size=_int(patch_raw.get("size", 512), "patch.size", where),
+        size=_int(patch_raw.get("size", PAPER_PATCH_SIZE), "patch.size", where),
         min_valid=float(patch_raw.get("min_valid", 0.25)),
     )
     if patch.size < 8 or not 0 <= patch.min_valid <= 1:
