@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.cli.flow_entry import run_extract_flow
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
@@ -37,7 +37,7 @@ def extract_tiles(plan: ExtractionPlan, batches: list[list[int]]) -> int:
     return sum(f.result() for f in extract_tile_batch.map(unmapped(plan), batches))
 
 
-def _runner(dask_address: str | None, max_workers: int) -> Any:
+def _runner(dask_address: str | None, max_workers: int) -> TaskRunner[Any]:
     """Batches on an existing Dask cluster, else on ``max_workers`` threads that share
     the cores (torch threads limited to match)."""
     if dask_address:

@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.extract_scene import extract_scene
 from pipeline.regions import Region, SceneRef, find_scenes, load_region
@@ -82,7 +82,7 @@ def regional_mapping(
         len(selection.scenes),
         len(selection.skipped),
     )
-    runner = ThreadPoolTaskRunner(max_workers=max_concurrent or reg.max_concurrent)
+    runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=max_concurrent or reg.max_concurrent)
     outcomes = extract_all.with_options(task_runner=runner)(reg, selection.scenes)
     result = finish_run(reg, run, selection, outcomes)
     create_markdown_artifact(

@@ -110,10 +110,9 @@ def decide_target(
         )
     else:
         peer_scores = [peers.get((target, c.scene)) for c in both]
+        known = [p for p in peer_scores if p is not None]
         peer_mean = (
-            round(float(np.mean(peer_scores)), 4)
-            if peer_scores and all(p is not None for p in peer_scores)
-            else None
+            round(float(np.mean(known)), 4) if known and len(known) == len(peer_scores) else None
         )
         if c_mean - b_mean < min_mean_gain - 1e-9:
             reason = (

@@ -20,6 +20,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -61,7 +62,10 @@ def _load_modeling() -> ModuleType:
 
 
 _modeling = _load_modeling()
-MaskDecoder = _modeling.MaskDecoder
+if TYPE_CHECKING:
+    from segment_anything.modeling.mask_decoder import MaskDecoder
+else:
+    MaskDecoder = _modeling.MaskDecoder
 TwoWayTransformer = _modeling.TwoWayTransformer
 LayerNorm2d = sys.modules[f"{_modeling.__name__}.common"].LayerNorm2d
 PositionEmbeddingRandom = sys.modules[

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from importlib.abc import Traversable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,16 @@ from pipeline.errors import CatalogError
 
 #: libyaml's safe loader when PyYAML has it, else the pure-Python one (same schema).
 SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def catalog_dir(kind: str) -> Path:
+    """The folder of one kind of catalog entries (``sensors``, ``encodings``, ``datasets``)."""
+    return Path(str(files("catalogs").joinpath(kind)))
+
+
+def catalog_names(kind: str) -> list[str]:
+    """Names of the ``kind`` catalog entries (their file names), sorted."""
+    return sorted(p.stem for p in catalog_dir(kind).glob("*.yaml"))
 
 
 def read_catalog_yaml(path: Path | Traversable, kind: str) -> dict[str, Any]:

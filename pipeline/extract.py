@@ -1014,14 +1014,13 @@ def _write_zarr(zarr_path: Path, mask: Path, plan: ExtractionPlan) -> None:
     layers = {"mask": mask}
     if plan.outputs.probability:
         layers["probability"] = mask.with_name(plan.outputs.probability.name)
-    dataset = xr.Dataset(
-        {
-            name: rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False).squeeze(
-                "band", drop=True
-            )
-            for name, path in layers.items()
-        }
-    )
+
+    def layer(path: Path) -> xr.DataArray:
+        opened = rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False)
+        assert isinstance(opened, xr.DataArray)  # one single-band GeoTIFF: one array
+        return opened.squeeze("band", drop=True)
+
+    dataset = xr.Dataset({name: layer(path) for name, path in layers.items()})
     dataset.attrs["spex_provenance"] = json.dumps(_provenance(plan), sort_keys=True)
     for var in dataset.data_vars.values():
         var.attrs.pop("_FillValue", None)

@@ -512,8 +512,8 @@ def date_from_name(name: str) -> date | None:
             return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
         except ValueError:
             continue
-    m = _YEAR.search(name)
-    return date(int(m.group(1)), 1, 1) if m else None
+    year = _YEAR.search(name)
+    return date(int(year.group(1)), 1, 1) if year else None
 
 
 def _scene_id(path: Path) -> str:

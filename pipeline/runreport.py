@@ -270,8 +270,8 @@ def build_collection(
     )
     for item in items:
         collection.add_item(item)
-    target = out_folder / COLLECTION_DIR
-    collection.normalize_hrefs(str(target))
+    stac_dir = out_folder / COLLECTION_DIR
+    collection.normalize_hrefs(str(stac_dir))
     collection.make_all_asset_hrefs_relative()
     validator = JsonSchemaSTACValidator()
     try:
@@ -285,7 +285,7 @@ def build_collection(
     except pystac.STACValidationError as exc:
         raise OutputError(f"STAC collection of run {run_id} is invalid: {exc}") from exc
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    return target / "collection.json"
+    return stac_dir / "collection.json"
 
 
 def mosaic_inputs(

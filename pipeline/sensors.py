@@ -21,12 +21,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from pipeline.bands import band_codes, band_name
-from pipeline.catalog_io import check_entry, check_keys, number, read_catalog_yaml, required
+from pipeline.catalog_io import (
+    catalog_dir,
+    catalog_names,
+    check_entry,
+    check_keys,
+    number,
+    read_catalog_yaml,
+    required,
+)
 from pipeline.errors import CatalogError
 
 _SENSOR_KEYS = ("name", "title", "resolution_m", "bands")
@@ -199,10 +206,6 @@ class Sensor:
         return None
 
 
-def _catalog_dir() -> Path:
-    return Path(str(files("catalogs").joinpath("sensors")))
-
-
 def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -340,19 +343,16 @@ def _parse_layouts(
 
 def list_sensors() -> list[str]:
     """Names of all sensor catalogs, sorted."""
-    return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))
+    return catalog_names("sensors")
 
 
 @cache
 def load_sensor(name: str) -> Sensor:
     """The catalog entry ``name``; an unknown name lists the known ones."""
-    path = _catalog_dir() / f"{name}.yaml"
+    path = catalog_dir("sensors") / f"{name}.yaml"
     if not name or "/" in name or "\\" in name or not path.is_file():
-        from pipeline.encodings import list_encodings
-
-        hint = (
-            f" ({name} is an encoding: pass it with --encoding)" if name in list_encodings() else ""
-        )
+        is_encoding = name in catalog_names("encodings")
+        hint = f" ({name} is an encoding: pass it with --encoding)" if is_encoding else ""
         raise CatalogError(
             f"unknown sensor {name!r}{hint}; known sensors (--sensor): {', '.join(list_sensors())}"
         )

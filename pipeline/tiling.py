@@ -209,7 +209,7 @@ def plan_tiles(
     col_offsets = _axis_offsets(width, tile_w, stride)
     row_ov = _axis_overlaps(row_offsets, tile_h)
     col_ov = _axis_overlaps(col_offsets, tile_w)
-    tiles = []
+    tiles: list[Tile] = []
     for gr, r in enumerate(row_offsets):
         for gc, c in enumerate(col_offsets):
             tiles.append(

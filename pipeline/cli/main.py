@@ -468,7 +468,7 @@ def parse_extract(argv: list[str]) -> tuple[list[Path], Path, ExtractionSettings
     except typer.Exit:
         raise
     except typer.TyperException as exc:
-        raise SpexInputError(f"{exc.format_message()} (see --help)") from None  # type: ignore[attr-defined]
+        raise SpexInputError(f"{exc.format_message()} (see --help)") from None
     return extraction_options(ctx.params)
 
 

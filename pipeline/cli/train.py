@@ -252,9 +252,9 @@ def _eval_weights(
         if not sep or not name or not path:
             raise _fail(f"--spex-target wants TARGET=CHECKPOINT, got {item!r}")
         per_target[name] = path
-    for label, path in [("spex", spex), ("mvpnet", mvpnet), *per_target.items()]:
-        if path and not Path(path).exists():
-            raise _fail(f"{label} weights not found: {path} (check --{label})")
+    for label, weights in [("spex", spex), ("mvpnet", mvpnet), *per_target.items()]:
+        if weights and not Path(weights).exists():
+            raise _fail(f"{label} weights not found: {weights} (check --{label})")
     if not dataset:
         _check_store(spie)
         dataset = [d for f in loso_folds(spie) for d in f.datasets]

@@ -42,8 +42,8 @@ def _composite_bands(bands: list[str]) -> tuple[tuple[str, str, str], str]:
         if all(code in bands for code in combo):
             label = "true colour" if combo == ("R", "G", "B") else "false colour"
             return combo, f"{label} ({'/'.join(combo)})"
-    first = (bands[0],) * 3
-    return first, f"grey ({bands[0]})"  # type: ignore[return-value]
+    first = (bands[0], bands[0], bands[0])
+    return first, f"grey ({bands[0]})"
 
 
 def _stretch(channel: np.ndarray) -> np.ndarray:

@@ -529,11 +529,11 @@ def _dataset_bands(ds: xr.Dataset, path: Path) -> list[tuple[xr.DataArray, str |
         natives = var.attrs.get("native_bands")
         if extra:
             dim = extra[0]
-            values = [str(v) for v in var[dim].values]
+            values: list[str | None] = [str(v) for v in var[dim].values]
             if isinstance(natives, list | tuple) and len(natives) == var.sizes[dim]:
                 values = [str(v) for v in natives]
             elif var[dim].dtype.kind not in "OUS":
-                values = [None] * var.sizes[dim]  # type: ignore[list-item]
+                values = [None] * var.sizes[dim]
             for i, label in enumerate(values):
                 band = var.isel({dim: i}, drop=True)
                 out.append((band.rio.write_crs(crs), label))
@@ -605,7 +605,8 @@ def _read_xr_sources(
                 "y": y1 - resolution * (np.arange(ny) + 0.5),
             },
         )
-    bands, labels, nodata, resampled, scales, offsets = [], [], [], [], [], []
+    bands, nodata, resampled, scales, offsets = [], [], [], [], []
+    labels: list[str | None] = []
     label_kinds: set[str] = set()
     for arr, label, p, attrs in items:
         fill = attrs.get("_FillValue", attrs.get("nodata", arr.encoding.get("_FillValue")))

@@ -20,7 +20,14 @@ from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.catalog_io import check_entry, check_keys, read_catalog_yaml, required
+from pipeline.catalog_io import (
+    catalog_dir,
+    catalog_names,
+    check_entry,
+    check_keys,
+    read_catalog_yaml,
+    required,
+)
 from pipeline.errors import CatalogError
 from pipeline.scene import OPEN_OPTIONS
 from pipeline.sensors import Sensor, list_sensors, load_sensor
@@ -177,13 +184,9 @@ class DatasetSpec:
         return self.layout.label_format == "pseudo"
 
 
-def _catalog_dir() -> Path:
-    return Path(str(files("catalogs").joinpath("datasets")))
-
-
 def dataset_names() -> list[str]:
     """Names of every data-set catalog entry, sorted."""
-    return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))
+    return catalog_names("datasets")
 
 
 def default_datasets() -> list[str]:
@@ -210,7 +213,7 @@ def load_dataset(name: str | Path) -> DatasetSpec:
     text = str(name)
     if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
         return load_dataset_file(text)
-    path = _catalog_dir() / f"{text}.yaml"
+    path = catalog_dir("datasets") / f"{text}.yaml"
     if not text or not path.is_file():
         raise CatalogError(
             f"unknown data set {text!r}; known data sets: {', '.join(dataset_names())}"

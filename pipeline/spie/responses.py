@@ -77,7 +77,10 @@ AUXILIARY_INSTRUCTION = (
 class ResponseWriter(Protocol):
     """Anything that writes a response for one sample (``attempt`` counts retries)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Recorded with each response: which writer made it."""
+        ...
 
     def write(
         self,

@@ -56,7 +56,7 @@ class LabelledImage:
 
 
 def labelled_images(
-    dataset: str | DatasetSpec, root: str | Path | None = None
+    dataset: str | Path | DatasetSpec, root: str | Path | None = None
 ) -> Iterator[LabelledImage]:
     """Every image of ``dataset`` (catalog name, path or spec), read whole, in order."""
     spec = dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset)

@@ -205,7 +205,7 @@ class SpieStore:
         """(subset, part entry) of every committed part, in commit order."""
         subsets = self.manifest()["subsets"]
         names = [subset] if subset else sorted(subsets)
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         for name in names:
             if name not in subsets:
                 raise DatasetError(f"{self.root} has no subset {name!r}; it has {sorted(subsets)}")
