@@ -12,8 +12,6 @@ only computes new scenes (the others are resumed as already complete).
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from typing import Any
 
@@ -22,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.extract_scene import extract_scene
+from pipeline.cli.flow_entry import run_region_flow
 from pipeline.regions import Region, SceneRef, find_scenes, load_region
 from pipeline.runreport import SceneOutcome, finish_run, new_run_id, report_markdown, scenes_dir
 
@@ -97,11 +96,7 @@ def regional_mapping(
 
 def main(argv: list[str] | None = None) -> None:
     """Run the flow once from the shell; prints the result as one JSON line."""
-    parser = argparse.ArgumentParser(description="Run the regional-mapping flow once.")
-    parser.add_argument("region", help="region catalog name or YAML path")
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-    print(json.dumps(regional_mapping(region=args.region, run_id=args.run_id)))
+    run_region_flow(regional_mapping, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""The shell entry of the ``extract-scene`` flow (``python -m flows.extract_scene``,
-``make demo``): the options of ``spex extract``, parsed by the same code
-(:func:`pipeline.cli.main.parse_extract`), plus ``--dask-address``.
+"""The shell entries of the flows that run from the shell (``python -m flows.NAME``).
 
-Every input check (:func:`pipeline.extract.check_job`) runs before the flow starts, so
-bad input is one ``error:`` line and exit status 2, as on the command line. The flow is
-handed in, so this module never imports Prefect.
+``extract-scene`` (``make demo``) takes the options of ``spex extract``, parsed by the
+same code (:func:`pipeline.cli.main.parse_extract`), plus ``--dask-address``; every input
+check (:func:`pipeline.extract.check_job`) runs before the flow starts, so bad input is
+one ``error:`` line and exit status 2, as on the command line. ``regional-mapping``
+takes a region and a run id. The flow is handed in, so this module never imports Prefect.
 """
 
 from __future__ import annotations
@@ -47,3 +47,13 @@ def run_extract_flow(flow: Callable[..., list[dict[str, Any]]], argv: list[str] 
     )
     for paths in results:
         print(json.dumps(paths))
+
+
+def run_region_flow(flow: Callable[..., dict[str, Any]], argv: list[str] | None) -> None:
+    """Run the regional-mapping ``flow`` once for the region in ``argv``; prints the
+    result as one JSON line."""
+    parser = argparse.ArgumentParser(description="Run the regional-mapping flow once.")
+    parser.add_argument("region", help="region catalog name or YAML path")
+    parser.add_argument("--run-id")
+    args = parser.parse_args(argv)
+    print(json.dumps(flow(region=args.region, run_id=args.run_id)))
