@@ -38,6 +38,7 @@ import numpy as np
 
 from pipeline.apg import binary_mask, otsu_threshold
 from pipeline.indices import index_from_stack
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.metrics import ConfusionMatrix
 from pipeline.spie.catalog import DatasetSpec, load_dataset
 from pipeline.spie.readers import Item, discover, open_image, read_class_ids, target_mask
@@ -71,7 +72,7 @@ def _scene_eval(spec: DatasetSpec, item: Item) -> dict[str, dict[str, Any]]:
     The image is opened and the labels are read onto its grid by the SPIE readers (the
     catalog's sensor, band naming and label layout; a label grid other than the
     image's is refused there), and the truth mask is the catalog's class -> target
-    mapping with nodata and unlabelled classes as 255."""
+    mapping with nodata and unlabelled classes as nodata."""
     image = open_image(spec, item)
     stack = image.read(0, 0, max(image.height, image.width))[:, : image.height, : image.width]
     ids = read_class_ids(spec, item, image)
@@ -81,7 +82,7 @@ def _scene_eval(spec: DatasetSpec, item: Item) -> dict[str, dict[str, Any]]:
         index = np.asarray(index_from_stack(t.index, stack, image.bands, sensor=spec.sensor_name))
         valid = np.isfinite(index)
         truth = target_mask(ids, spec, target)
-        labelled = truth != 255
+        labelled = truth != MASK_NODATA
         entry: dict[str, Any] = {"index": t.index, "sensor": spec.sensor_name}
         for mode, region in (("labelled", valid & labelled), ("scene", valid)):
             threshold = otsu_threshold(index[region])

@@ -56,6 +56,7 @@ import rasterio
 import xarray as xr
 from scenes import NAIP, SCENE, build_mosaic, naip_epochs
 
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.extractor import Extractor, TileBatch, TileResult, is_per_pixel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -441,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                     "extractor": kind,
                     "source": str(src),
                     "sensor": "naip",
-                    "tile": 512,
-                    "overlap": 64,
-                    "batch_size": 4,
+                    "tile": DEFAULT_TILE,
+                    "overlap": DEFAULT_OVERLAP,
+                    "batch_size": DEFAULT_BATCH_SIZE,
                     "out_dir": str(work / f"{kind}-{label.split()[0]}"),
                 }
                 print(f"running {spec['label']} ...", flush=True)

@@ -17,10 +17,11 @@ import json
 
 import numpy as np
 
+from pipeline.mask_codes import MASK_NODATA, MASK_TARGET
 from pipeline.spie.index_stats import index_values
 from pipeline.spie.pseudo import pseudo_mask, pseudo_stats
 from pipeline.spie.scenes import labelled_images
-from pipeline.targets import load_target
+from pipeline.targets import load_target, target_names
 
 SCENES = (
     "s2-l1c-berlin",
@@ -38,8 +39,9 @@ SCENES = (
 
 def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     """(correct, labelled by pred, positives) over pixels labelled by both."""
-    use = (pred != 255) & (truth != 255)
-    return int((pred[use] == truth[use]).sum()), int(use.sum()), int((truth[use] == 1).sum())
+    use = (pred != MASK_NODATA) & (truth != MASK_NODATA)
+    correct = int((pred[use] == truth[use]).sum())
+    return correct, int(use.sum()), int((truth[use] == MASK_TARGET).sum())
 
 
 def main() -> None:
@@ -58,9 +60,10 @@ def main() -> None:
                 if t.index not in stats:
                     continue
                 values = index_values(img.pixels, img.bands, t.index)
-                otsu = np.where(valid, values > stats[t.index].threshold, 255).astype(np.uint8)
+                hit = values > stats[t.index].threshold
+                otsu = np.where(valid, hit, MASK_NODATA).astype(np.uint8)
                 pseudo = pseudo_mask(img.pixels, img.bands, valid, target, stats)
-                labelled = int((truth != 255).sum())
+                labelled = int((truth != MASK_NODATA).sum())
                 a = acc.setdefault(target, np.zeros(5, np.int64))
                 a += (*_counts(pseudo, truth)[:2], *_counts(otsu, truth)[:2], labelled)
         for target, (pc, pn, oc, on, lab) in acc.items():
@@ -83,7 +86,7 @@ def main() -> None:
             f"| {r['scene']} | {r['target']} | {r['labelled_px']} | "
             f"{r['pseudo_coverage']:.3f} | {pa} | {r['otsu_accuracy']:.3f} |"
         )
-    for target in ("water", "vegetation", "building"):
+    for target in target_names():
         sel = [r for r in rows if r["target"] == target]
         if not sel:
             continue

@@ -59,9 +59,7 @@ def run_on_cluster(scene: Path, out: Path, workers: int) -> dict[str, Any]:
 
     from pipeline.extract import ExtractionSettings, extraction_job, finalise, run_batch
 
-    settings = ExtractionSettings(
-        target="water", model=str(DEFAULT_MODEL), tile=512, overlap=64, batch_size=4, device="cpu"
-    )
+    settings = ExtractionSettings(target="water", model=str(DEFAULT_MODEL), device="cpu")
     with (
         LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None

@@ -10,10 +10,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from pipeline.spie.build import BuildConfig, build
+from pipeline.spie.catalog import default_datasets
 from pipeline.spie.stats import compute_stats, format_stats
-
-#: The labelled real sets in ../shared/data (their catalogs carry the default roots).
-SHARED_SETS = ["s2-l1c-berlin", "l7-raleigh", "landsat-gewata", "s2-l1c-slovenia"]
 
 
 @task(task_run_name="build-{dataset}")
@@ -49,10 +47,12 @@ def generate_spie(
     seed: int = 0,
     quality_bar: float = 0.8,
 ) -> dict:
-    """Build SPIE subsets for ``datasets`` (default: the shared labelled sets) into one store."""
+    """Build SPIE subsets for ``datasets`` (default: those of ``catalogs/spie.yaml``)
+    into one store."""
     config = BuildConfig(patch_size=patch_size, seed=seed, quality_bar=quality_bar)
     roots = roots or {}
     reports = [
-        build_subset(name, out_dir, roots.get(name), config) for name in (datasets or SHARED_SETS)
+        build_subset(name, out_dir, roots.get(name), config)
+        for name in (datasets or default_datasets())
     ]
     return {"reports": reports, "stats": spie_stats(out_dir)}

@@ -17,26 +17,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.extract_scene import extract_scene
-from pipeline.errors import OutputError
-from pipeline.locking import output_lock
-from pipeline.mosaic import mosaic_masks
+from pipeline.cli.flow_entry import run_region_flow
 from pipeline.regions import Region, SceneRef, find_scenes, load_region
-from pipeline.runreport import (
-    SceneOutcome,
-    build_collection,
-    build_run_report,
-    mosaic_inputs,
-    mosaic_path,
-    new_run_id,
-    previous_run,
-    report_markdown,
-    run_dir,
-    scenes_dir,
-    write_run_report,
-)
+from pipeline.runreport import SceneOutcome, finish_run, new_run_id, report_markdown, scenes_dir
 
 
 @task(task_run_name="extract-{scene.id}-{target}")
@@ -95,61 +81,22 @@ def regional_mapping(
         len(selection.scenes),
         len(selection.skipped),
     )
-    runner = ThreadPoolTaskRunner(max_workers=max_concurrent or reg.max_concurrent)
+    runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=max_concurrent or reg.max_concurrent)
     outcomes = extract_all.with_options(task_runner=runner)(reg, selection.scenes)
-    folder = run_dir(reg, run)
-    with output_lock(reg.output, f"region-{reg.name}"):  # one run writes mosaics at a time
-        previous = previous_run(reg, run)
-        mosaics = {}
-        for target in reg.targets:
-            masks, missing = mosaic_inputs(outcomes, target)
-            if masks:
-                mosaics[target] = mosaic_masks(
-                    masks,
-                    reg.aoi,
-                    mosaic_path(reg, run, target),
-                    resolution=reg.resolution,
-                    missing=missing,
-                    tags={"SPEX_REGION": reg.name, "SPEX_RUN_ID": run, "SPEX_TARGET": target},
-                )
-        collection = build_collection(reg, run, outcomes, mosaics, folder) if mosaics else None
-        report = build_run_report(reg, run, selection, outcomes, mosaics, previous)
-        report_file = write_run_report(folder, report)
+    result = finish_run(reg, run, selection, outcomes)
     create_markdown_artifact(
         key=re.sub(r"[^a-z0-9-]+", "-", f"region-{reg.name}-{run}".lower()),
-        markdown=report_markdown(report),
+        markdown=report_markdown(result.report),
         description=f"regional mapping of {reg.name}",
     )
-    failed = report["scenes"]["failed"]
-    for f in failed:
+    for f in result.report["scenes"]["failed"]:
         logger.warning("missing from run %s: %s (%s): %s", run, f["scene"], f["target"], f["error"])
-    if not mosaics:
-        first = f"; first error: {failed[0]['error']}" if failed else ""
-        raise OutputError(
-            f"region {reg.name}: no scene could be mapped in run {run} "
-            f"({len(selection.scenes)} selected{first}); see {report_file}"
-        )
-    return {
-        "run_id": run,
-        "run_dir": str(folder),
-        "report": str(report_file),
-        "collection": str(collection) if collection else None,
-        "mosaics": {t: str(m.path) for t, m in mosaics.items()},
-        "failed": failed,
-        "status": report["status"],
-    }
+    return result.summary()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the flow once from the shell; prints the result as one JSON line."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="Run the regional-mapping flow once.")
-    parser.add_argument("region", help="region catalog name or YAML path")
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-    print(json.dumps(regional_mapping(region=args.region, run_id=args.run_id)))
+    run_region_flow(regional_mapping, argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from model.training.config import load_config
 from model.training.stages import (
-    STAGES,
     final_model,
     finished,
-    load_state,
     per_target_overrides,
     prepare_data,
     stage_dir,
+    summary_markdown,
+    train_stage,
 )
 
 
@@ -35,20 +35,12 @@ def _stage(n: int, config: str, overrides: dict[str, Any]) -> list[dict[str, Any
     logger = get_run_logger()
     if finished(cfg, n):
         logger.info("stage %d already finished in %s; skipped", n, stage_dir(cfg, n))
-        state = load_state(stage_dir(cfg, n))
-        return list(state["history"]) if state else []
+        return train_stage(cfg, n)
 
     def on_epoch(epoch: int, record: dict[str, Any]) -> None:
         logger.info("stage %d epoch %d/%d: %s", n, epoch, cfg.stage(n).epochs, record)
 
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        history = STAGES[n](cfg, None, on_epoch)
-    finally:
-        torch.set_num_threads(threads)
+    history = train_stage(cfg, n, on_epoch=on_epoch)
     create_table_artifact(
         key=f"{_slug(cfg.out)}-stage{n}-losses",
         table=history,
@@ -99,14 +91,9 @@ def train_spex(
     prepare_data(cfg, get_run_logger().info)
     histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
     checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None
-    lines = [f"# train-spex: {cfg.out}", "", f"final checkpoint: `{checkpoint}`", ""]
-    for n, hist in histories.items():
-        if hist:
-            lines.append(
-                f"- stage {n}: {len(hist)} epochs, first loss {hist[0]['loss']}, "
-                f"last loss {hist[-1]['loss']}"
-            )
-    create_markdown_artifact(key=f"{_slug(cfg.out)}-summary", markdown="\n".join(lines))
+    create_markdown_artifact(
+        key=f"{_slug(cfg.out)}-summary", markdown=summary_markdown(cfg, histories)
+    )
     return {"checkpoint": checkpoint, "histories": {str(k): v for k, v in histories.items()}}
 
 

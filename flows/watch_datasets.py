@@ -13,7 +13,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from flows.generate_spie import SHARED_SETS
+from pipeline.spie.catalog import default_datasets
 from pipeline.spie.watch import detect_changes
 
 EVENT = "spex.dataset.changed"
@@ -27,7 +27,7 @@ def watch_datasets(
 ) -> list[dict]:
     """Record each data set's content hash; one event per changed set."""
     logger = get_run_logger()
-    changes, problems = detect_changes(datasets or SHARED_SETS, state_dir, roots)
+    changes, problems = detect_changes(datasets or default_datasets(), state_dir, roots)
     for name, message in problems.items():
         logger.warning("%s not checked: %s", name, message)
     for change in changes:

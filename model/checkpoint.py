@@ -21,59 +21,38 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.errors import SpexInputError
+from model.checkpoint_files import (
+    CONFIG,
+    FORMAT_VERSION,
+    TOKENIZER,
+    TRAINING,
+    WEIGHTS,
+    CheckpointError,
+    check_bands,
+    check_state_dict,
+    read_config,
+    read_training,
+    sha256_file,
+)
+from model.spex import SpexModel
+from model.tokenizer import load_tokenizer
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-TOKENIZER = "tokenizer"
-# Optional: how the weights were made (e.g. the smoke-level brief training), so that
-# provenance can say so next to every mask produced with them.
-TRAINING = "training.json"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(SpexInputError):
-    """A checkpoint is missing, malformed, or does not fit the model or the scene."""
-
-
-def check_state_dict(
-    expected: Mapping[str, torch.Tensor],
-    got: Mapping[str, torch.Tensor],
-    *,
-    source: str,
-    prefix: str = "",
-) -> None:
-    """Raise :class:`CheckpointError` naming the first missing, unexpected or
-    wrong-shaped tensor (names shown with ``prefix`` as they appear in the file)."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    if missing:
-        raise CheckpointError(
-            f"{source}: missing tensor '{prefix}{missing[0]}'"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-    if unexpected:
-        raise CheckpointError(
-            f"{source}: unexpected tensor '{prefix}{unexpected[0]}'"
-            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-        )
-    for name, tensor in expected.items():
-        if tuple(got[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{source}: tensor '{prefix}{name}' has shape {tuple(got[name].shape)}, "
-                f"the model expects {tuple(tensor.shape)}"
-            )
-
-
-def check_bands(required: tuple[str, ...], scene_bands: tuple[str, ...]) -> None:
-    """The scene must hold every band the checkpoint requires (its other input bands are
-    zero-filled and flagged when absent; extra bands go to the APG only)."""
-    missing = [b for b in required if b not in scene_bands]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint requires bands {','.join(required)}, scene has "
-            f"{','.join(scene_bands)}; missing {','.join(missing)}"
-        )
+__all__ = [
+    "CONFIG",
+    "TOKENIZER",
+    "TRAINING",
+    "WEIGHTS",
+    "CheckpointError",
+    "check_bands",
+    "check_state_dict",
+    "load_checkpoint",
+    "load_weights",
+    "read_config",
+    "read_training",
+    "save_checkpoint",
+    "sha256_file",
+    "sha256_state",
+]
 
 
 def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -83,7 +62,7 @@ def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     unique: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        key = (t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape))
         if key in seen:
             aliases[name] = seen[key]
         else:
@@ -92,7 +71,9 @@ def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     return unique, aliases
 
 
-def save_checkpoint(model, folder: str | Path, training: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: SpexModel, folder: str | Path, training: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``model`` (a :class:`model.spex.SpexModel`) to ``folder``; returns the
     weights path. Pretrained paths are dropped from the stored config: the folder is
     self-contained. ``training`` (JSON-ready) is stored as ``training.json`` and shows
@@ -117,31 +98,6 @@ def save_checkpoint(model, folder: str | Path, training: Mapping[str, Any] | Non
     return weights
 
 
-def read_training(folder: str | Path) -> dict[str, Any] | None:
-    """The ``training.json`` record of a checkpoint folder, or None when absent."""
-    path = Path(folder) / TRAINING
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: malformed training record ({exc})") from exc
-
-
-def read_config(folder: str | Path):
-    """The :class:`model.config.SpexConfig` stored in a checkpoint folder."""
-    from model.config import SpexConfig
-
-    path = Path(folder) / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: not a SPEX checkpoint (no {CONFIG})")
-    try:
-        data = json.loads(path.read_text())
-        return SpexConfig.from_dict(data["spex"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: malformed SPEX config ({exc})") from exc
-
-
 def load_checkpoint(
     folder: str | Path,
     device: str | torch.device = "cpu",
@@ -157,9 +113,6 @@ def load_checkpoint(
     within those milliseconds is not caught, which is acceptable for this purpose and
     avoids holding the file twice in memory at paper size.
     """
-    from model.spex import SpexModel
-    from model.tokenizer import load_tokenizer
-
     folder = Path(folder)
     cfg = read_config(folder)
     weights = folder / WEIGHTS
@@ -209,15 +162,6 @@ def _stem_key(state: Mapping[str, torch.Tensor]) -> str | None:
         if name.startswith("encoder.") and t.ndim == 4:
             return name
     return None
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (weights provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_state(model) -> str:

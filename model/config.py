@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from pipeline.targets import target_names
+
+#: Canonical bands (catalogs/bands.yaml) of the input evidence of a new model; training
+#: recipes default to the same (model.training.config.TrainConfig).
 DEFAULT_BANDS: tuple[str, ...] = ("B", "G", "R", "N", "S1", "S2")
-#: The targets of catalogs/targets.yaml (a test keeps the two equal).
-DEFAULT_TARGETS: tuple[str, ...] = ("water", "vegetation", "building")
 #: Normalised-difference indices fed to the model as evidence (catalogs/indices.yaml).
 DEFAULT_INDICES: tuple[str, ...] = ("NDVI", "NDWI", "MNDWI", "NDBI")
 
@@ -131,8 +133,9 @@ class SpexConfig:
     no_repeat_ngram_size: int = 0
     only_requested_target: bool = False
     # The targets the model extracts: one learned SAM prompt token each
-    # (model/target_token.py), one spectral prior channel each (model/evidence.py).
-    prompt_targets: tuple[str, ...] = DEFAULT_TARGETS
+    # (model/target_token.py), one spectral prior channel each (model/evidence.py). A new
+    # model takes every target of catalogs/targets.yaml; a checkpoint keeps its own.
+    prompt_targets: tuple[str, ...] = field(default_factory=lambda: tuple(target_names()))
     loss_text: float = 1.0
     loss_bce: float = 2.0
     loss_dice: float = 1.0

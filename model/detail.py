@@ -14,6 +14,8 @@ so the prompt tokens select among features that still carry pixel-level evidence
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,8 @@ class DetailFusion(nn.Module):
     """Encoder maps at strides 4 and 8 -> (B, out_dim, H/4, W/4) to add to SAM's
     upscaled mask features."""
 
-    def __init__(self, in_channels: tuple[int, int], out_dim: int) -> None:
+    def __init__(self, in_channels: Sequence[int], out_dim: int) -> None:
+        """``in_channels``: widths of the stride-4 and stride-8 maps (the first two)."""
         super().__init__()
         hidden = max(2 * out_dim, 16)
         self.fine = nn.Conv2d(in_channels[0], hidden, kernel_size=1)

@@ -8,6 +8,8 @@ backbone usually has an RGB stem; :func:`adapt_stem` widens it to the scene's ba
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import AutoBackbone, AutoConfig, ConvNextBackbone, ConvNextConfig
@@ -24,6 +26,8 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, num_bands: int) -> None:
         super().__init__()
+        # A transformers backbone: its config and stage widths are dynamic attributes.
+        backbone: Any
         if cfg.pretrained_path:
             backbone = load_local_backbone(cfg.pretrained_path)
             adapt_stem(backbone, num_bands)
@@ -39,10 +43,10 @@ class VisionEncoder(nn.Module):
                 hidden_sizes=list(cfg.hidden_sizes),
                 depths=list(cfg.depths),
                 drop_path_rate=cfg.drop_path_rate,
-                out_features=OUT_FEATURES,
+                out_features=OUT_FEATURES,  # type: ignore[call-arg]  # a **kwargs of v5 configs
             )
             backbone = ConvNextBackbone(config)
-        self.backbone = backbone
+        self.backbone: Any = backbone
         self.num_bands = num_bands
         self.channels: tuple[int, ...] = tuple(backbone.num_features[-4:])
 
@@ -54,7 +58,7 @@ class VisionEncoder(nn.Module):
         return list(self.backbone(pixel_values=pixels).feature_maps)
 
 
-def load_local_backbone(path: str) -> nn.Module:
+def load_local_backbone(path: str) -> Any:
     """A saved ``transformers`` backbone folder, loaded offline with 4 output stages.
 
     ``AutoBackbone.from_pretrained`` first asks the Hub whether the name is a timm model,
@@ -63,13 +67,13 @@ def load_local_backbone(path: str) -> nn.Module:
     """
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     try:
-        cls = MODEL_FOR_BACKBONE_MAPPING[type(config)]
+        cls: Any = MODEL_FOR_BACKBONE_MAPPING[type(config)]  # a backbone class
     except KeyError as exc:
         raise ValueError(f"{path}: '{config.model_type}' is not a transformers backbone") from exc
     return cls.from_pretrained(path, out_features=OUT_FEATURES, local_files_only=True)
 
 
-def adapt_stem(backbone: nn.Module, num_bands: int) -> None:
+def adapt_stem(backbone: Any, num_bands: int) -> None:
     """Make a pretrained backbone accept ``num_bands`` channels.
 
     The first convolution's kernel is replaced by the mean over its input channels,
@@ -86,5 +90,10 @@ def adapt_stem(backbone: nn.Module, num_bands: int) -> None:
     backbone.config.num_channels = num_bands
     # transformers' embedding modules check the channel count they were built with.
     for module in backbone.modules():
-        if hasattr(module, "num_channels") and isinstance(module.num_channels, int):
-            module.num_channels = num_bands
+        _set_num_channels(module, num_bands)
+
+
+def _set_num_channels(module: Any, num_bands: int) -> None:
+    """``module.num_channels = num_bands`` where a transformers module keeps that count."""
+    if isinstance(getattr(module, "num_channels", None), int):
+        module.num_channels = num_bands

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -147,7 +147,9 @@ class LanguageModel(nn.Module):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             self.peft: PeftModel = get_peft_model(base, lora)
         self.hidden_size: int = base.config.hidden_size
-        self.eos_id: int = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        assert isinstance(eos, int)  # one token in, one id out
+        self.eos_id: int = eos
         self.pad_id: int = tokenizer.pad_token_id
         self._prompt_cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
 
@@ -164,7 +166,7 @@ class LanguageModel(nn.Module):
             num_attention_heads=cfg.num_attention_heads,
             num_key_value_heads=cfg.num_key_value_heads,
             max_position_embeddings=cfg.max_position_embeddings,
-            rope_theta=cfg.rope_theta,
+            rope_theta=cfg.rope_theta,  # type: ignore[call-arg]  # a **kwargs of v5 configs
             rms_norm_eps=cfg.rms_norm_eps,
             tie_word_embeddings=cfg.tie_word_embeddings,
         )
@@ -173,7 +175,7 @@ class LanguageModel(nn.Module):
     @property
     def causal_lm(self) -> Qwen2ForCausalLM:
         """The LoRA-injected Qwen2ForCausalLM inside the peft wrapper."""
-        return self.peft.base_model.model
+        return cast(Qwen2ForCausalLM, self.peft.base_model.model)  # peft's wrapped model
 
     def hf_config(self) -> dict[str, Any]:
         return self.causal_lm.config.to_dict()
@@ -193,6 +195,7 @@ class LanguageModel(nn.Module):
                 tokenize=False,
                 add_generation_prompt=True,
             )
+            assert isinstance(text, str)  # tokenize=False: the prompt as text
             before, after = text.split(IMAGE_MARKER, 1)
             enc = self.tokenizer(
                 [before, after], add_special_tokens=False, return_attention_mask=False
@@ -328,7 +331,9 @@ class LanguageModel(nn.Module):
         attn = prompt.attention_mask
         pos = prompt.position_ids[:, -1:]
         done = torch.zeros(b, dtype=torch.bool, device=device)
-        tokens, hiddens, masks = [], [], []
+        tokens: list[torch.Tensor] = []
+        hiddens: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
         for _ in range(settings.max_new_tokens):
             nxt = self._select(logits, tokens, settings, gen, bad_words)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
@@ -345,7 +350,7 @@ class LanguageModel(nn.Module):
         tok = torch.stack(tokens, dim=1)
         mask = torch.stack(masks, dim=1)
         texts = [
-            self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True).strip()
+            str(self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True)).strip()
             if decode_text
             else ""
             for row, m in zip(tok, mask, strict=True)

@@ -35,7 +35,7 @@ class MSAM(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Returns the fused (B, llm_dim, H/16, W/16) map."""
-        target = features[2].shape[-2:]
+        target = (int(features[2].shape[-2]), int(features[2].shape[-1]))
         resized = []
         for f in features:
             if f.shape[-2:] == target:

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.markdown import markdown_table
+
 MAX_SCENE_LOSS = 0.05
 MIN_MEAN_GAIN = 0.10
 PEER = "mvpnet"
@@ -108,10 +110,9 @@ def decide_target(
         )
     else:
         peer_scores = [peers.get((target, c.scene)) for c in both]
+        known = [p for p in peer_scores if p is not None]
         peer_mean = (
-            round(float(np.mean(peer_scores)), 4)
-            if peer_scores and all(p is not None for p in peer_scores)
-            else None
+            round(float(np.mean(known)), 4) if known and len(known) == len(peer_scores) else None
         )
         if c_mean - b_mean < min_mean_gain - 1e-9:
             reason = (
@@ -172,21 +173,20 @@ def decisions_markdown(decisions: Mapping[str, TargetDecision]) -> str:
     """The decision and its per-scene table, per target."""
     lines: list[str] = []
     for t, d in decisions.items():
-        lines += [
-            f"**{t}: {'model' if d.serve else 'index + Otsu'}.** {d.reason}.",
-            "",
-            "| held-out scene | index + Otsu IoU | model IoU | delta |",
-            "|---|---|---|---|",
-        ]
+        rows = []
         for c in d.scenes:
             mark = ""
             if c.delta is not None and c.delta < -d.max_scene_loss:
                 mark = " (loses)"
             elif c.delta is None:
                 mark = " (not in the rule)"
-            lines.append(
-                f"| {c.scene} | {_f(c.baseline)} | {_f(c.candidate)} | {_f(c.delta)}{mark} |"
-            )
-        lines.append(f"| **mean** | {_f(d.baseline_mean)} | {_f(d.candidate_mean)} | |")
-        lines.append("")
+            rows.append([c.scene, _f(c.baseline), _f(c.candidate), f"{_f(c.delta)}{mark}"])
+        rows.append(["**mean**", _f(d.baseline_mean), _f(d.candidate_mean), ""])
+        header = ["held-out scene", "index + Otsu IoU", "model IoU", "delta"]
+        lines += [
+            f"**{t}: {'model' if d.serve else 'index + Otsu'}.** {d.reason}.",
+            "",
+            *markdown_table(header, rows),
+            "",
+        ]
     return "\n".join(lines)

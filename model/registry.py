@@ -32,19 +32,23 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from model.checkpoint import CheckpointError, read_config, sha256_file
+from model.checkpoint_files import WEIGHTS, CheckpointError, read_config, sha256_file
+from pipeline.defaults import DEFAULT_MODEL
 from pipeline.errors import CatalogError
 from pipeline.locking import output_lock
 from pipeline.outputs.atomic import atomic_write_text, ensure_writable_dir
 
 INDEX_FILE = "registry.json"
-WEIGHTS = "model.safetensors"
 SHIPPED_DEFAULT = Path(__file__).resolve().parent / "weights" / "default"
 DEFAULT_FOR = "default_for.json"
 #: ``--model spex``: the shipped SPEX weights for every target.
 SHIPPED_NAME = "spex"
+#: ``--model`` names of the spectral-index extractor: one Otsu threshold per scene (or
+#: as the job's threshold mode says), or one per tile.
+INDEX_NAME = "index"
+INDEX_TILE_NAME = "index-tile"
 DEFAULT_ROOT_ENV = "SPEX_MODEL_REGISTRY"
 
 
@@ -52,6 +56,36 @@ def default_root() -> Path:
     """The registry folder: ``$SPEX_MODEL_REGISTRY``, else ``<project>/out/models``."""
     env = os.environ.get(DEFAULT_ROOT_ENV)
     return Path(env) if env else Path(__file__).resolve().parents[1] / "out" / "models"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a ``--model`` name resolved to: the spectral index (``kind`` 'index',
+    ``threshold_mode`` 'tile' for per-tile Otsu, None for the job's own mode) or a SPEX
+    checkpoint folder (``kind`` 'checkpoint', ``path``)."""
+
+    kind: Literal["index", "checkpoint"]
+    path: Path | None = None
+    threshold_mode: Literal["scene", "tile"] | None = None
+
+    @classmethod
+    def index(cls, threshold_mode: Literal["scene", "tile"] | None = None) -> ModelRef:
+        return cls("index", threshold_mode=threshold_mode)
+
+    @classmethod
+    def checkpoint(cls, path: str | Path) -> ModelRef:
+        return cls("checkpoint", path=Path(path))
+
+    @property
+    def is_index(self) -> bool:
+        return self.kind == "index"
+
+    def __str__(self) -> str:
+        """The ``--model`` value that names the same thing: 'index', 'index-tile' or the
+        checkpoint folder."""
+        if self.path is not None:
+            return str(self.path)
+        return INDEX_TILE_NAME if self.threshold_mode == "tile" else INDEX_NAME
 
 
 @dataclass(frozen=True)
@@ -143,31 +177,39 @@ class ModelRegistry:
         targets = self._index().get("default_for")
         return None if targets is None else tuple(targets)
 
-    def resolve(self, name: str = "default", target: str | None = None) -> str:
-        """What ``--model NAME`` means: a checkpoint folder path, or ``'index'``.
+    def resolve(self, name: str = DEFAULT_MODEL, target: str | None = None) -> ModelRef:
+        """What ``--model NAME`` means for ``target``.
 
-        ``default`` is the promoted version for the targets it was promoted for (index
-        for the others), else the shipped weights for the targets their
-        ``default_for.json`` lists, else ``index``. ``spex`` is the shipped weights for
-        any target, whether or not the promotion rule made them a default.
+        ``index`` / ``index-tile``: the spectral index (scene / per-tile Otsu); an
+        existing folder: that checkpoint; ``default``: the promoted version for the
+        targets it was promoted for (index for the others), else the shipped weights for
+        the targets their ``default_for.json`` lists, else the index; ``spex``: the
+        shipped weights for any target, whether or not the promotion rule made them a
+        default; anything else: a registered version (CatalogError when there is none).
         """
+        if name == INDEX_NAME:
+            return ModelRef.index()
+        if name == INDEX_TILE_NAME:
+            return ModelRef.index("tile")
+        if name != DEFAULT_MODEL and Path(name).exists():
+            return ModelRef.checkpoint(name)
         if name == SHIPPED_NAME:
             if not (SHIPPED_DEFAULT / WEIGHTS).is_file():
                 raise CatalogError(f"no SPEX weights are shipped in {SHIPPED_DEFAULT}")
-            return str(SHIPPED_DEFAULT)
-        if name != "default":
-            return self.get(name).path
+            return ModelRef.checkpoint(SHIPPED_DEFAULT)
+        if name != DEFAULT_MODEL:
+            return ModelRef.checkpoint(self.get(name).path)
         version = self.default_version()
         if version is not None:
             serves = self.default_targets()
             if target is None or serves is None or target in serves:
-                return self.get(version).path
-            return "index"
+                return ModelRef.checkpoint(self.get(version).path)
+            return ModelRef.index()
         if (SHIPPED_DEFAULT / WEIGHTS).is_file():
             serves = shipped_default_targets()
             if target is None or serves is None or target in serves:
-                return str(SHIPPED_DEFAULT)
-        return "index"
+                return ModelRef.checkpoint(SHIPPED_DEFAULT)
+        return ModelRef.index()
 
     # -- writing -------------------------------------------------------------------
 

@@ -20,9 +20,12 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from model.checkpoint_files import CheckpointError, check_state_dict
 
 _PRIVATE_NAME = "_spex_sam_modeling"
 
@@ -59,7 +62,10 @@ def _load_modeling() -> ModuleType:
 
 
 _modeling = _load_modeling()
-MaskDecoder = _modeling.MaskDecoder
+if TYPE_CHECKING:
+    from segment_anything.modeling.mask_decoder import MaskDecoder
+else:
+    MaskDecoder = _modeling.MaskDecoder
 TwoWayTransformer = _modeling.TwoWayTransformer
 LayerNorm2d = sys.modules[f"{_modeling.__name__}.common"].LayerNorm2d
 PositionEmbeddingRandom = sys.modules[
@@ -200,8 +206,6 @@ class SpexMaskDecoder(nn.Module):
         """Load the decoder (``mask_decoder.*``) and, when present, the no-mask embedding,
         mask-prompt encoder and positional-encoding matrix (``prompt_encoder.*``) from a
         SAM ``.pth``."""
-        from model.checkpoint import CheckpointError, check_state_dict
-
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]

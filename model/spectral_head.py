@@ -30,7 +30,7 @@ class SpectralHead(nn.Module):
             nn.Conv2d(hidden, len(self.targets), kernel_size=1),
         )
         last = self.net[-1]
-        assert isinstance(last, nn.Conv2d)
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 

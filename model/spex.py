@@ -133,7 +133,7 @@ class SpexModel(nn.Module):
         detail = self.detail(maps) if self.detail is not None else None
         size = evidence.shape[-2:]
         embedding = self.msam.decoder_embedding(fused)
-        grid = tuple(4 * n for n in embedding.shape[-2:])
+        grid = (4 * embedding.shape[-2], 4 * embedding.shape[-1])
         dense = F.adaptive_avg_pool2d(prior[:, None].to(embedding.dtype), grid)
         sam = self.decoder(embedding, prompts, detail, dense, prior_present)
         sam = F.interpolate(sam, size=size, mode="bilinear", align_corners=False)[:, 0]

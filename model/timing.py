@@ -19,13 +19,13 @@ def stage_timer(
     if timings is None:
         yield
         return
-    cuda = ref is not None and ref.is_cuda
-    if cuda:
-        torch.cuda.synchronize(ref.device)
+    device = ref.device if ref is not None and ref.is_cuda else None
+    if device is not None:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     try:
         yield
     finally:
-        if cuda:
-            torch.cuda.synchronize(ref.device)
+        if device is not None:
+            torch.cuda.synchronize(device)
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

@@ -3,9 +3,9 @@
 Qwen2.5's tokenizer cannot be downloaded here, and a 151k-entry vocabulary would dwarf a
 tiny LM anyway. The tokenizer is trained on text this module generates deterministically:
 APG-style instructions (the paper's template with region attribute dicts), descriptive
-sentences about water, vegetation and building regions, and the SPIE grounded writer's
-responses to random facts, so that the descriptions SPEX learns to write take few
-tokens (every generated token costs a decoding step). Byte-level BPE means any later
+sentences about the regions of every target of ``catalogs/targets.yaml``, and the SPIE
+grounded writer's responses to random facts, so that the descriptions SPEX learns to
+write take few tokens (every generated token costs a decoding step). Byte-level BPE means any later
 text still encodes (no unknown token). The wrapper speaks ChatML, as the Qwen family
 does, so the prompt format is the same whether the tiny tokenizer or a local Qwen2.5
 tokenizer is used.
@@ -18,6 +18,8 @@ from functools import lru_cache
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from pipeline.targets import Target, load_targets
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -32,10 +34,9 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-CATEGORIES = ("water", "vegetation", "building")
 SIZES = ("very tiny", "small", "somewhat large", "medium", "large", "very large", "huge")
 # The APG's 3x3 grid names (pipeline.apg.LOCATION_NAMES), so real instructions and
-# the template responses of model.brief_training tokenize as compactly as this corpus.
+# template responses (the tests' brief training) tokenize as compactly as this corpus.
 LOCATIONS = (
     "top-left",
     "top-center",
@@ -76,7 +77,7 @@ def _attr_dict(rng: random.Random) -> str:
     )
 
 
-def _random_facts(rng: random.Random, category: str):
+def _random_facts(rng: random.Random, target: Target):
     """Plausible facts of one patch, for the grounded writer's phrasing (imported lazily:
     the tokenizer is needed without the data-set code only when training here)."""
     from pipeline.spie.facts import RegionFact, SampleFacts, SpectralContrast
@@ -96,16 +97,15 @@ def _random_facts(rng: random.Random, category: str):
                 shape=rng.choice(("elongated", "compact", "irregular")),
             )
         )
-    index = {"water": "NDWI", "vegetation": "NDVI", "building": "NDBI"}[category]
     return SampleFacts(
-        target=category,
-        category=category,
+        target=target.name,
+        category=target.category,
         n_regions=n,
         regions=tuple(regions),
         positive_share=rng.random() if n else 0.0,
         valid_share=rng.choice([1.0, 1.0, rng.random()]),
         positive_px=n,
-        spectral=SpectralContrast(index, rng.uniform(-0.6, 0.8), rng.uniform(-0.6, 0.8))
+        spectral=SpectralContrast(target.index, rng.uniform(-0.6, 0.8), rng.uniform(-0.6, 0.8))
         if n and rng.random() < 0.8
         else None,
     )
@@ -119,9 +119,11 @@ def synthetic_corpus(n: int = 600, seed: int = 0) -> list[str]:
 
     rng = random.Random(seed)
     writer = GroundedWriter(seed=seed)
+    targets = list(load_targets().values())
     lines: list[str] = []
     for i in range(n):
-        category = rng.choice(CATEGORIES)
+        target = rng.choice(targets)
+        category = target.category
         regions = ", ".join(_attr_dict(rng) for _ in range(rng.randint(0, 3)))
         lines.append(INSTRUCTION.format(category=category, prompt=f"[{regions}]"))
         lines.append(
@@ -133,7 +135,7 @@ def synthetic_corpus(n: int = 600, seed: int = 0) -> list[str]:
                 location2=rng.choice(LOCATIONS),
             )
         )
-        lines.append(writer.write(_random_facts(rng, category), key=f"corpus|{i}"))
+        lines.append(writer.write(_random_facts(rng, target), key=f"corpus|{i}"))
     return lines
 
 

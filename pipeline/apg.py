@@ -49,12 +49,12 @@ from skimage.filters import threshold_otsu
 
 from pipeline.errors import SpexInputError
 from pipeline.indices import index_from_stack
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.targets import Target, index_for, load_target
 
 __all__ = [
     "INSTRUCTION_TEMPLATE",
     "LOCATION_NAMES",
-    "MASK_NODATA",
     "MAX_REGIONS",
     "OTSU_BINS",
     "PROMPT_DECIMALS",
@@ -100,8 +100,6 @@ MAX_REGIONS = 10
 OTSU_BINS = 256
 #: Decimals of the normalised coordinates in the prompt text.
 PROMPT_DECIMALS = 3
-#: Value of nodata pixels in the uint8 mask (1 target, 0 other).
-MASK_NODATA = 255
 #: Instruction template of the paper; ``[category]`` and ``[spectral prompt]`` are filled.
 INSTRUCTION_TEMPLATE = (
     "Based on the provided image and the attributes of the [category] regions, "
@@ -161,7 +159,7 @@ class ApgResult:
     target: str
     index: str
     threshold: float | None
-    mask: np.ndarray  # uint8: 1 target, 0 other, 255 nodata
+    mask: np.ndarray  # uint8 mask codes (pipeline.mask_codes)
     regions: list[RegionAttributes]
     spectral_prompt: str
     instruction: str
@@ -206,7 +204,8 @@ def otsu_threshold(values: Any, *, nbins: int = OTSU_BINS) -> float | None:
 def binary_mask(
     index: np.ndarray, threshold: float | None, side: str, valid: np.ndarray | None = None
 ) -> np.ndarray:
-    """uint8 mask: 1 where the target side of ``threshold``, 0 elsewhere, 255 at nodata.
+    """uint8 mask (:mod:`pipeline.mask_codes`): target where the target side of
+    ``threshold``, other elsewhere, nodata where there is none.
 
     Nodata = non-finite index or ``valid`` False. With ``threshold`` None (no valid
     pixel to threshold) every valid pixel is 0.
@@ -215,11 +214,11 @@ def binary_mask(
     if valid is not None:
         ok &= np.asarray(valid, dtype=bool)
     mask = np.full(index.shape, MASK_NODATA, dtype=np.uint8)
-    mask[ok] = 0
+    mask[ok] = MASK_OTHER
     if threshold is not None:
         with np.errstate(invalid="ignore"):
             hit = index > threshold if side == "above" else index <= threshold
-        mask[ok & hit] = 1
+        mask[ok & hit] = MASK_TARGET
     return mask
 
 
@@ -240,7 +239,7 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 def extract_regions(
     mask: np.ndarray, *, max_regions: int = MAX_REGIONS
 ) -> tuple[list[RegionAttributes], int]:
-    """The ``max_regions`` largest 8-connected regions of ``mask == 1``, and the total count.
+    """The ``max_regions`` largest 8-connected regions of target pixels, and the total count.
 
     Areas come from one ``bincount``; per-region statistics are computed only for the
     regions kept, inside their bounding slices, so noisy masks with thousands of specks
@@ -249,7 +248,7 @@ def extract_regions(
     if mask.ndim != 2:
         raise SpexInputError(f"APG mask must be 2-D, got shape {mask.shape}")
     height, width = mask.shape
-    labels, n = label_regions(mask == 1)
+    labels, n = label_regions(mask == MASK_TARGET)
     if n == 0:
         return [], 0
     areas = np.bincount(labels.ravel(), minlength=n + 1)

@@ -10,7 +10,9 @@ every job for the sensor and encoding catalogs; the tests load every catalog bot
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from importlib.abc import Traversable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,16 @@ from pipeline.errors import CatalogError
 
 #: libyaml's safe loader when PyYAML has it, else the pure-Python one (same schema).
 SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def catalog_dir(kind: str) -> Path:
+    """The folder of one kind of catalog entries (``sensors``, ``encodings``, ``datasets``)."""
+    return Path(str(files("catalogs").joinpath(kind)))
+
+
+def catalog_names(kind: str) -> list[str]:
+    """Names of the ``kind`` catalog entries (their file names), sorted."""
+    return sorted(p.stem for p in catalog_dir(kind).glob("*.yaml"))
 
 
 def read_catalog_yaml(path: Path | Traversable, kind: str) -> dict[str, Any]:
@@ -38,7 +50,33 @@ def read_catalog_yaml(path: Path | Traversable, kind: str) -> dict[str, Any]:
     return raw
 
 
-def required(mapping: dict[str, Any], key: str, where: str) -> Any:
+def check_keys(
+    raw: Any,
+    where: str,
+    *,
+    allowed: Collection[str],
+    needed: Collection[str] = (),
+    hint: str = "",
+) -> Mapping[str, Any]:
+    """``raw`` as a mapping, after checking that every key is ``allowed`` and every
+    ``needed`` key is there: the one key check of every catalog (sensors, encodings,
+    bands, targets, data sets, regions, training recipes), so a typo fails the same way,
+    naming the file or entry (``where``), the key and what is allowed (``hint`` added)."""
+    if not isinstance(raw, Mapping):
+        raise CatalogError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in set(raw) - set(allowed))
+    if unknown:
+        raise CatalogError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}{hint}"
+        )
+    missing = sorted(k for k in needed if k not in raw)
+    if missing:
+        raise CatalogError(f"{where}: missing required key(s) {', '.join(map(repr, missing))}")
+    return raw
+
+
+def required(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     """``mapping[key]``, or a CatalogError naming the file and the missing key."""
     if mapping.get(key) is None:
         raise CatalogError(f"{where}: missing required key {key!r}")
@@ -58,9 +96,7 @@ def check_entry(raw: dict[str, Any], path: Path, allowed: set[str], hint: str = 
     """The entry's ``name`` after checking that it equals the file name and that every
     key is known (``hint`` is added to the unknown-key message)."""
     where = str(path)
-    unknown = set(raw) - allowed
-    if unknown:
-        raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{hint}")
+    check_keys(raw, where, allowed=allowed, hint=hint)
     name = str(required(raw, "name", where))
     if name != path.stem:
         raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")

@@ -20,12 +20,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
+from pipeline.catalog_io import (
+    catalog_dir,
+    catalog_names,
+    check_entry,
+    check_keys,
+    number,
+    read_catalog_yaml,
+    required,
+)
 from pipeline.errors import CatalogError
+from pipeline.sensors import list_sensors
 
 CALIBRATIONS = ("scale", "mtl", "percentile")
 FALLBACK_METHODS = ("percentile",)
@@ -113,17 +121,11 @@ class Encoding:
         return any(rule.matches(sensor, dtype, level) for rule in self.default_for)
 
 
-def _catalog_dir() -> Path:
-    return Path(str(files("catalogs").joinpath("encodings")))
-
-
 def _sensor_list(value: Any, key: str, where: str) -> tuple[str, ...] | None:
     if value == "any":
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise CatalogError(f"{where}: key {key!r} must be 'any' or a list of sensor names")
-    from pipeline.sensors import list_sensors
-
     unknown = sorted(set(value) - set(list_sensors()))
     if unknown:
         raise CatalogError(f"{where}: {key} names unknown sensor(s) {', '.join(unknown)}")
@@ -152,8 +154,7 @@ def _default_rules(raw: Any, where: str) -> tuple[DefaultRule, ...]:
     rules = []
     for rule in raw:
         w = f"{where} default_for"
-        if set(rule) - {"sensors", "dtypes", "levels"}:
-            raise CatalogError(f"{w}: keys are sensors, dtypes and levels")
+        check_keys(rule, w, allowed={"sensors", "dtypes", "levels"})
         rules.append(
             DefaultRule(
                 sensors=_sensor_list(required(rule, "sensors", w), "sensors", w),
@@ -240,13 +241,13 @@ def select_encoding(sensor: str, dtype: str, level: str | None = None) -> Encodi
 
 def list_encodings() -> list[str]:
     """Names of all encoding catalogs, sorted."""
-    return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))
+    return catalog_names("encodings")
 
 
 @cache
 def load_encoding(name: str) -> Encoding:
     """The catalog entry ``name``; an unknown name lists the known ones."""
-    path = _catalog_dir() / f"{name}.yaml"
+    path = catalog_dir("encodings") / f"{name}.yaml"
     if not name or "/" in name or "\\" in name or not path.is_file():
         raise CatalogError(
             f"unknown encoding {name!r}; known encodings (--encoding): "

@@ -43,7 +43,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -53,9 +53,11 @@ import numpy as np
 import xarray as xr
 
 from pipeline import __version__
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import SceneError, SceneReadError, SpexInputError
 from pipeline.extractor import Extractor, TileBatch, TileResult, is_per_pixel
 from pipeline.locking import output_lock
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.memory import release_free_memory
 from pipeline.outputs.atomic import (
     TEMP_MARK,
@@ -63,13 +65,13 @@ from pipeline.outputs.atomic import (
     ensure_writable_dir,
     fsync_dir,
 )
-from pipeline.outputs.cog import MASK_NODATA, BandStyle, pam_sidecar, write_class_names
+from pipeline.outputs.cog import BandStyle, pam_sidecar, write_class_names
 from pipeline.outputs.descriptions import check_descriptions
 from pipeline.outputs.quicklook import (
-    DEFAULT_OVERLAY,
     NODATA_COLOUR,
+    OPAQUE,
     OTHER_COLOUR,
-    OVERLAY_COLOURS,
+    overlay_colour,
     render_quicklook,
 )
 from pipeline.outputs.report import build_report, write_report
@@ -129,7 +131,7 @@ class ExtractionSettings:
     """
 
     target: str
-    model: str = "index"
+    model: str = DEFAULT_MODEL
     sensor: str | None = None
     bands: tuple[str, ...] | None = None
     encoding: str | None = None
@@ -138,10 +140,10 @@ class ExtractionSettings:
     offset: tuple[float, ...] | None = None
     nodata: float | None = None
     baseline: str | None = None
-    tile: int = 512
-    overlap: int = 64
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
     allow_small_scene: bool = False
-    batch_size: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE
     formats: tuple[str, ...] = ("cog",)
     threshold: float = 0.5
     threshold_mode: str = "scene"
@@ -310,27 +312,23 @@ def load_extractor(
     :mod:`model.registry`); 'spex': the shipped SPEX weights for any target; a registry
     version such as 'v0002-1a2b3c4d'; or a checkpoint folder.
     """
+    from model.registry import ModelRegistry
     from pipeline.index_extractor import IndexExtractor
 
-    if model in ("index", "index-tile"):
-        mode = "tile" if model == "index-tile" else threshold_mode
-        return IndexExtractor(threshold_mode=mode)  # type: ignore[arg-type]
-    from model.registry import ModelRegistry
-
-    if model == "default" or not Path(model).exists():
-        try:
-            model = ModelRegistry().resolve(model, target)
-        except SpexInputError as exc:
-            raise SpexInputError(
-                f"model {model!r} is neither 'index', 'index-tile', 'default', 'spex', a "
-                f"registered version nor an existing checkpoint folder ({exc})"
-            ) from exc
-        if model == "index":
-            return IndexExtractor(threshold_mode=threshold_mode)  # type: ignore[arg-type]
+    try:
+        ref = ModelRegistry().resolve(model, target)
+    except SpexInputError as exc:
+        raise SpexInputError(
+            f"model {model!r} is neither 'index', 'index-tile', 'default', 'spex', a "
+            f"registered version nor an existing checkpoint folder ({exc})"
+        ) from exc
+    if ref.is_index:
+        return IndexExtractor(threshold_mode=ref.threshold_mode or threshold_mode)  # type: ignore[arg-type]
     from model.inference import SpexExtractor
 
+    assert ref.path is not None
     sized = {} if batch_size is None else {"batch_size": batch_size}
-    return SpexExtractor.from_checkpoint(Path(model), device=device, **sized)
+    return SpexExtractor.from_checkpoint(ref.path, device=device, **sized)
 
 
 def limit_compute_threads(concurrent_batches: int) -> int:
@@ -833,12 +831,17 @@ def _band_styles(target: str) -> dict[str, BandStyle]:
     """Mask: paletted (target in its quicklook colour, 'other' light grey; GeoTIFF colour
     maps hold no alpha, and nodata is transparent as declared nodata); probability:
     described as 0..1 with NaN nodata."""
-    r, g, b, _ = OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY)
+    r, g, b, _ = overlay_colour(target)
     return {
         "mask": BandStyle(
-            description=f"{target} mask (1 {target}, 0 other, {MASK_NODATA} nodata)",
-            classes={0: "other", 1: target, MASK_NODATA: "nodata"},
-            colours={0: OTHER_COLOUR, 1: (r, g, b, 255), MASK_NODATA: NODATA_COLOUR},
+            description=f"{target} mask ({MASK_TARGET} {target}, {MASK_OTHER} other, "
+            f"{MASK_NODATA} nodata)",
+            classes={MASK_OTHER: "other", MASK_TARGET: target, MASK_NODATA: "nodata"},
+            colours={
+                MASK_OTHER: OTHER_COLOUR,
+                MASK_TARGET: (r, g, b, OPAQUE),
+                MASK_NODATA: NODATA_COLOUR,
+            },
         ),
         "probability": BandStyle(description=f"{target} probability (0-1, NaN nodata)"),
     }
@@ -1011,14 +1014,13 @@ def _write_zarr(zarr_path: Path, mask: Path, plan: ExtractionPlan) -> None:
     layers = {"mask": mask}
     if plan.outputs.probability:
         layers["probability"] = mask.with_name(plan.outputs.probability.name)
-    dataset = xr.Dataset(
-        {
-            name: rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False).squeeze(
-                "band", drop=True
-            )
-            for name, path in layers.items()
-        }
-    )
+
+    def layer(path: Path) -> xr.DataArray:
+        opened = rioxarray.open_rasterio(path, chunks={"x": 1024, "y": 1024}, lock=False)
+        assert isinstance(opened, xr.DataArray)  # one single-band GeoTIFF: one array
+        return opened.squeeze("band", drop=True)
+
+    dataset = xr.Dataset({name: layer(path) for name, path in layers.items()})
     dataset.attrs["spex_provenance"] = json.dumps(_provenance(plan), sort_keys=True)
     for var in dataset.data_vars.values():
         var.attrs.pop("_FillValue", None)
@@ -1043,7 +1045,3 @@ def run_extraction(
             on_plan(plan, sum(len(b) for b in batches))
         run_batches(plan, batches, on_batch)
         return finalise(plan)
-
-
-def settings_dict(settings: ExtractionSettings) -> dict[str, Any]:
-    return asdict(settings)

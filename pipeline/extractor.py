@@ -22,7 +22,7 @@ class TileBatch:
     pixels: float32 (B, C, H, W) reflectance, NaN where the source is nodata.
     valid: bool (B, H, W), True where every band holds data.
     bands: canonical band codes, one per channel (B, G, R, N, S1, ...).
-    target: 'water', 'vegetation' or 'building'.
+    target: a target name of ``catalogs/targets.yaml``.
     sensor: sensor catalog name, or None when unknown.
     describe: whether descriptions are wanted; an extractor that writes text skips the
     work that only the text needs when False (and returns None texts), never the work

@@ -27,11 +27,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.bands import band_codes, band_short
+from pipeline.catalog_io import check_keys, read_catalog_yaml
 from pipeline.errors import CatalogError, MissingBandError
 
 __all__ = [
-    "BAND_DESCRIPTIONS",
     "IndexDef",
     "compute_index",
     "index_from_stack",
@@ -42,26 +42,6 @@ __all__ = [
     "normalized_difference",
     "require_bands",
 ]
-
-#: Human names of the canonical band codes (Awesome Spectral Indices convention). These
-#: describe the *convention*, not any sensor; they only make error messages readable.
-BAND_DESCRIPTIONS: dict[str, str] = {
-    "A": "coastal aerosol ~0.44 um",
-    "B": "blue ~0.49 um",
-    "G": "green ~0.56 um",
-    "R": "red ~0.66 um",
-    "RE1": "red edge ~0.70 um",
-    "RE2": "red edge ~0.74 um",
-    "RE3": "red edge ~0.78 um",
-    "N": "NIR ~0.84 um",
-    "N2": "narrow NIR ~0.86 um",
-    "WV": "water vapour ~0.94 um",
-    "S1": "SWIR ~1.6 um",
-    "S2": "SWIR ~2.2 um",
-    "T": "thermal ~11 um",
-    "T1": "thermal ~10.9 um",
-    "T2": "thermal ~12 um",
-}
 
 
 @dataclass(frozen=True)
@@ -89,11 +69,16 @@ def load_index_catalog() -> dict[str, IndexDef]:
     raw = read_catalog_yaml(resource, "index")
     catalog: dict[str, IndexDef] = {}
     for name, entry in raw.items():
-        if not isinstance(entry, dict) or not {"a", "b"} <= entry.keys():
-            raise CatalogError(f"index {name!r} in {resource} needs keys 'a' and 'b'")
+        where = f"index {name!r} in {resource}"
+        check_keys(entry, where, allowed={"a", "b", "reference"}, needed=("a", "b"))
         a, b = str(entry["a"]), str(entry["b"])
         if a == b:
-            raise CatalogError(f"index {name!r} in {resource} uses band {a!r} twice")
+            raise CatalogError(f"{where} uses band {a!r} twice")
+        unknown = [c for c in (a, b) if c not in band_codes()]
+        if unknown:
+            raise CatalogError(
+                f"{where}: {', '.join(unknown)} is not a canonical band code (catalogs/bands.yaml)"
+            )
         catalog[str(name)] = IndexDef(str(name), a, b, str(entry.get("reference", "")))
     return catalog
 
@@ -128,7 +113,7 @@ def require_bands(name: str, available: Sequence[str], *, sensor: str | None = N
     absent = missing_bands(definition.name, available)
     if absent:
         who = f"sensor {sensor}" if sensor else "this scene"
-        needs = ", ".join(f"{c} ({BAND_DESCRIPTIONS.get(c, 'band ' + c)})" for c in absent)
+        needs = ", ".join(f"{c} ({band_short(c)})" for c in absent)
         raise MissingBandError(
             f"{definition.name} needs {needs}, which {who} does not have "
             f"(available bands: {', '.join(available) or 'none'})"

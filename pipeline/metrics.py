@@ -6,7 +6,7 @@ once at the end. Averaging per-tile IoUs instead would weight a tile with three 
 pixels like a tile full of water, so :class:`ConfusionMatrix` only ever adds counts.
 
 Pixel convention for :meth:`ConfusionMatrix.update`: a value of 1/True is positive,
-0/False is negative, and *any other value* (255 nodata in the uint8 masks, NaN, a
+0/False is negative, and *any other value* (nodata in the uint8 masks, NaN, a
 ``-99999`` fill) is excluded, as are pixels where ``valid`` is False. Unlabelled truth
 therefore never counts as "not the target".
 

@@ -8,15 +8,16 @@ Choices, and why:
   inputs (the usual case: one tile of one product over time) are copied, not resampled.
   Other inputs are reprojected on the fly (``WarpedVRT``, nearest: masks are classes).
 - **Newest observation wins.** Masks are given newest first; a pixel takes the first
-  mask that observed it (value 0 or 1). 255 (nodata) in a newer scene lets an older one
+  mask that observed it (target or other). Nodata in a newer scene lets an older one
   show through, so clouds or scene edges do not punch holes while any scene saw the
-  ground. Pixels no scene covered, and pixels outside the AOI polygon, stay 255.
+  ground. Pixels no scene covered, and pixels outside the AOI polygon, stay nodata.
 - **Bounded memory.** Window by window (``window`` pixels square): one output window plus
   one window per input at a time, whatever the region size. The window loop also counts
   pixels, so areas come for free without rereading the mosaic.
-- **Areas in m2** per grid row: planar cell area in projected CRSs; in geographic CRSs
-  each row's cell is measured as a geodesic polygon on the CRS's ellipsoid (a degree
-  cell shrinks towards the poles).
+- **Areas in m2** per grid row, measured as the scene report measures them
+  (:mod:`pipeline.geodesy`): planar cell area in projected CRSs; in geographic CRSs each
+  row's cell is a geodesic polygon on the CRS's ellipsoid (a degree cell shrinks
+  towards the poles).
 - The result appears atomically (intermediate tiled GeoTIFF, then COG via
   :func:`pipeline.outputs.cog.to_cog` into :func:`pipeline.outputs.atomic.atomic_path`).
 """
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import CRS, Geod
+from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
@@ -45,10 +46,13 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.errors import OutputError
+from pipeline.geodesy import row_cell_areas
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.atomic import atomic_path
-from pipeline.outputs.cog import GDAL_ENV, MASK_NODATA, to_cog
+from pipeline.outputs.cog import GDAL_ENV, to_cog
 from pipeline.regions import Aoi
 
+#: Side of the windows the mosaic is computed in (px): memory is one window per input.
 WINDOW = 512
 
 
@@ -64,7 +68,7 @@ class MosaicGrid:
 
 @dataclass(frozen=True)
 class SceneMask:
-    """One input: a scene's uint8 mask COG (1 target, 0 other, 255 nodata)."""
+    """One input: a scene's uint8 mask COG (:mod:`pipeline.mask_codes`)."""
 
     scene: str
     path: Path
@@ -128,23 +132,10 @@ def region_grid(aoi: Aoi, reference: Path, resolution: float | None = None) -> M
     return MosaicGrid(aoi.crs, Affine(rx, 0.0, left, 0.0, -ry, top), width, height)
 
 
-def row_areas(crs: str, transform: Affine, row_start: int, rows: int) -> np.ndarray:
-    """Area in m2 of one cell in each of ``rows`` grid rows starting at ``row_start``."""
-    c = CRS.from_user_input(crs)
-    if transform.b or transform.d:
-        raise OutputError("rotated grids are not supported for area computation")
-    if not c.is_geographic:
-        factor = c.axis_info[0].unit_conversion_factor if c.axis_info else 1.0
-        return np.full(rows, abs(transform.a * transform.e) * factor**2)
-    geod: Geod = c.get_geod()  # type: ignore[assignment]
-    dx = abs(transform.a)
-    out = np.empty(rows)
-    for k in range(rows):
-        top = transform.f + (row_start + k) * transform.e
-        bottom = top + transform.e
-        area, _ = geod.polygon_area_perimeter([0.0, dx, dx, 0.0], [bottom, bottom, top, top])
-        out[k] = abs(area)
-    return out
+def row_areas(grid: MosaicGrid, row_start: int, rows: int) -> np.ndarray:
+    """Area in m2 of one cell in each of ``rows`` rows of ``grid`` from ``row_start``
+    (:func:`pipeline.geodesy.row_cell_areas`, as the scene report measures them)."""
+    return row_cell_areas(grid.crs, grid.transform, rows, grid.width, row_start=row_start)[0]
 
 
 def _windows(grid: MosaicGrid, size: int) -> list[Window]:
@@ -180,7 +171,7 @@ def mosaic_masks(
     all_tags = {
         "SPEX_MOSAIC_SCENES": json.dumps([m.scene for m in masks]),
         "SPEX_MOSAIC_MISSING": json.dumps([dict(m) for m in missing], sort_keys=True),
-        "SPEX_MOSAIC_RULE": "newest observation wins; 255 where no scene observed",
+        "SPEX_MOSAIC_RULE": f"newest observation wins; {MASK_NODATA} where no scene observed",
         **dict(tags or {}),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +238,7 @@ def _mosaic_window(
         transform=window_transform(win, grid.transform),
         invert=True,
     )
-    areas = row_areas(grid.crs, grid.transform, int(win.row_off), h)[:, None]
+    areas = row_areas(grid, int(win.row_off), h)[:, None]
     stats.aoi_m2 += float((inside * areas).sum())
     out = np.full((h, w), MASK_NODATA, dtype=np.uint8)
     for m, vrt in zip(masks, vrts, strict=True):
@@ -255,11 +246,11 @@ def _mosaic_window(
         seen = inside & (data != MASK_NODATA)
         per = stats.per_scene[m.scene]
         per["observed_m2"] += float((seen * areas).sum())
-        per["target_m2"] += float((((data == 1) & inside) * areas).sum())
+        per["target_m2"] += float((((data == MASK_TARGET) & inside) * areas).sum())
         fill = seen & (out == MASK_NODATA)
         out[fill] = data[fill]
     stats.observed_m2 += float(((out != MASK_NODATA) * areas).sum())
-    stats.target_m2 += float(((out == 1) * areas).sum())
+    stats.target_m2 += float(((out == MASK_TARGET) * areas).sum())
     dst.write(out, 1, window=win)
 
 
@@ -278,10 +269,9 @@ def compare_masks(
         gained = lost = both = 0.0
         for win in _windows(grid, window):
             pa, pb = a.read(1, window=win), b.read(1, window=win)
-            areas = row_areas(grid.crs, grid.transform, int(win.row_off), int(win.height))
-            areas = areas[:, None]
+            areas = row_areas(grid, int(win.row_off), int(win.height))[:, None]
             observed = (pa != MASK_NODATA) & (pb != MASK_NODATA)
             both += float((observed * areas).sum())
-            gained += float(((observed & (pa == 0) & (pb == 1)) * areas).sum())
-            lost += float(((observed & (pa == 1) & (pb == 0)) * areas).sum())
+            gained += float(((observed & (pa == MASK_OTHER) & (pb == MASK_TARGET)) * areas).sum())
+            lost += float(((observed & (pa == MASK_TARGET) & (pb == MASK_OTHER)) * areas).sum())
     return {"gained_m2": gained, "lost_m2": lost, "observed_in_both_m2": both}

@@ -34,13 +34,17 @@ from typing import Any
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import check_keys, read_catalog_yaml
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import CatalogError
+from pipeline.scene_kind import is_zarr_store
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG_DIR = REPO / "catalogs" / "regions"
 SOURCE_TYPES = ("local", "zarr", "stac")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: Smallest tile a region catalog may ask for (px): less gives a model too little context.
+_MIN_TILE = 64
 
 
 # ----------------------------------------------------------------------------- roots
@@ -137,10 +141,10 @@ class Schedule:
 class ExtractionOptions:
     """Per-scene extraction settings of the region's runs."""
 
-    model: str = "default"
-    tile: int = 512
-    overlap: int = 64
-    batch_size: int = 4
+    model: str = DEFAULT_MODEL
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -193,20 +197,6 @@ def _points(geometry: Mapping[str, Any]) -> Iterable[tuple[float, float]]:
         for ring in polygon:
             for point in ring:
                 yield float(point[0]), float(point[1])
-
-
-def _expect(raw: Mapping[str, Any], allowed: set[str], required: set[str], where: str) -> None:
-    if not isinstance(raw, Mapping):
-        raise CatalogError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise CatalogError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
-            f"allowed: {', '.join(sorted(allowed))}"
-        )
-    missing = sorted(required - set(raw))
-    if missing:
-        raise CatalogError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
 def _date(value: Any, where: str) -> date | None:
@@ -270,7 +260,7 @@ def _geometry(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _aoi(raw: Any, where: str) -> Aoi:
-    _expect(raw, {"crs", "bbox", "geojson"}, {"crs"}, where)
+    check_keys(raw, where, allowed={"crs", "bbox", "geojson"}, needed={"crs"})
     crs = _crs(raw["crs"], f"{where}.crs")
     if ("bbox" in raw) == ("geojson" in raw):
         raise CatalogError(f"{where}: give exactly one of bbox or geojson")
@@ -343,11 +333,11 @@ def validate_cron(expr: str, where: str = "cron") -> str:
 
 
 def _source(raw: Any, roots: Roots, where: str) -> SceneSource:
-    _expect(
+    check_keys(
         raw,
-        {"type", "root", "path", "glob", "asset", "start", "end", "max_cloud_cover"},
-        {"type", "root"},
         where,
+        allowed={"type", "root", "path", "glob", "asset", "start", "end", "max_cloud_cover"},
+        needed={"type", "root"},
     )
     kind = raw["type"]
     if kind not in SOURCE_TYPES:
@@ -425,9 +415,10 @@ def load_region(
     )
     where = path.name
     raw = read_catalog_yaml(path, "region")
-    _expect(
+    check_keys(
         raw,
-        {
+        where,
+        allowed={
             "name",
             "title",
             "aoi",
@@ -441,8 +432,7 @@ def load_region(
             "max_concurrent",
             "open",
         },
-        {"name", "aoi", "targets", "scenes", "output", "schedule"},
-        where,
+        needed={"name", "aoi", "targets", "scenes", "output", "schedule"},
     )
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.match(name):
@@ -458,16 +448,20 @@ def load_region(
     except CatalogError as exc:
         raise CatalogError(f"{where}: {exc}") from exc
     output = raw["output"]
-    _expect(output, {"root", "path"}, {"root", "path"}, f"{where}.output")
+    check_keys(output, f"{where}.output", allowed={"root", "path"}, needed={"root", "path"})
     schedule = raw["schedule"]
-    _expect(schedule, {"cron", "timezone", "active"}, {"cron"}, f"{where}.schedule")
+    check_keys(
+        schedule, f"{where}.schedule", allowed={"cron", "timezone", "active"}, needed={"cron"}
+    )
     extraction = raw.get("extraction") or {}
-    _expect(extraction, {"model", "tile", "overlap", "batch_size"}, set(), f"{where}.extraction")
+    check_keys(
+        extraction, f"{where}.extraction", allowed={"model", "tile", "overlap", "batch_size"}
+    )
     options = ExtractionOptions(
-        model=str(extraction.get("model", "default")),
-        tile=_int(extraction, "tile", 512, 64, f"{where}.extraction"),
-        overlap=_int(extraction, "overlap", 64, 0, f"{where}.extraction"),
-        batch_size=_int(extraction, "batch_size", 4, 1, f"{where}.extraction"),
+        model=str(extraction.get("model", DEFAULT_MODEL)),
+        tile=_int(extraction, "tile", DEFAULT_TILE, _MIN_TILE, f"{where}.extraction"),
+        overlap=_int(extraction, "overlap", DEFAULT_OVERLAP, 0, f"{where}.extraction"),
+        batch_size=_int(extraction, "batch_size", DEFAULT_BATCH_SIZE, 1, f"{where}.extraction"),
     )
     resolution = raw.get("resolution")
     if resolution is not None and (not isinstance(resolution, int | float) or resolution <= 0):
@@ -501,10 +495,7 @@ def _open_options(raw: Any, where: str) -> dict[str, Any]:
 
     if raw is None:
         return {}
-    keys = set(OPEN_OPTIONS) - {"sensor", "resolution"}
-    if not isinstance(raw, dict) or set(raw) - keys:
-        raise CatalogError(f"{where}: expected a mapping with keys among {', '.join(sorted(keys))}")
-    return dict(raw)
+    return dict(check_keys(raw, where, allowed=set(OPEN_OPTIONS) - {"sensor", "resolution"}))
 
 
 # ---------------------------------------------------------------------------- scenes
@@ -521,16 +512,12 @@ def date_from_name(name: str) -> date | None:
             return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
         except ValueError:
             continue
-    m = _YEAR.search(name)
-    return date(int(m.group(1)), 1, 1) if m else None
+    year = _YEAR.search(name)
+    return date(int(year.group(1)), 1, 1) if year else None
 
 
 def _scene_id(path: Path) -> str:
     return path.name.removesuffix(".zarr") if path.is_dir() else path.stem
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs"))
 
 
 def _local_candidates(region: Region) -> list[SceneRef]:
@@ -546,7 +533,7 @@ def _local_candidates(region: Region) -> list[SceneRef]:
     refs = []
     for match in matches:
         real = region.roots.check_inside(src.root, match, where)
-        if src.type == "zarr" and not _is_zarr(real):
+        if src.type == "zarr" and not is_zarr_store(real):
             raise CatalogError(f"{where}: {real} is not a Zarr store")
         refs.append(SceneRef(_scene_id(real), str(real), date_from_name(real.name)))
     return refs

@@ -31,7 +31,9 @@ from rasterio.warp import transform_bounds
 
 from pipeline import __version__
 from pipeline.errors import OutputError
-from pipeline.mosaic import MosaicResult, compare_masks
+from pipeline.locking import output_lock
+from pipeline.markdown import markdown_table
+from pipeline.mosaic import MosaicResult, compare_masks, mosaic_masks
 from pipeline.outputs.atomic import atomic_write_text
 from pipeline.outputs.stac import build_item
 from pipeline.regions import Region, SceneRef, SceneSelection
@@ -178,22 +180,17 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     """A short human summary of the run report (also the flow's artifact)."""
     lines = [f"# {report['title']}: run {report['run_id']}", ""]
     lines.append(f"Status: **{report['status']}**; previous run: {report['previous_run']}.")
-    lines += [
-        "",
-        "| target | area (km2) | observed (km2) | change (km2) | gained | lost |",
-        "|---|---|---|---|---|---|",
-    ]
+
+    def km2(v: float | None) -> str:
+        return "-" if v is None else f"{v / 1e6:.4f}"
+
+    rows = []
     for target, t in report["targets"].items():
         ch = t["change"] or {}
-
-        def km2(v: float | None) -> str:
-            return "-" if v is None else f"{v / 1e6:.4f}"
-
-        lines.append(
-            f"| {target} | {km2(t['area_m2'])} | {km2(t['observed_m2'])} | "
-            f"{km2(ch.get('delta_m2'))} | {km2(ch.get('gained_m2'))} | "
-            f"{km2(ch.get('lost_m2'))} |"
-        )
+        change = (ch.get(k) for k in ("delta_m2", "gained_m2", "lost_m2"))
+        rows.append([target, km2(t["area_m2"]), km2(t["observed_m2"]), *map(km2, change)])
+    header = ["target", "area (km2)", "observed (km2)", "change (km2)", "gained", "lost"]
+    lines += ["", *markdown_table(header, rows)]
     failed = report["scenes"]["failed"]
     if failed:
         lines += ["", "## Missing scenes", ""]
@@ -273,8 +270,8 @@ def build_collection(
     )
     for item in items:
         collection.add_item(item)
-    target = out_folder / COLLECTION_DIR
-    collection.normalize_hrefs(str(target))
+    stac_dir = out_folder / COLLECTION_DIR
+    collection.normalize_hrefs(str(stac_dir))
     collection.make_all_asset_hrefs_relative()
     validator = JsonSchemaSTACValidator()
     try:
@@ -288,7 +285,7 @@ def build_collection(
     except pystac.STACValidationError as exc:
         raise OutputError(f"STAC collection of run {run_id} is invalid: {exc}") from exc
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    return target / "collection.json"
+    return stac_dir / "collection.json"
 
 
 def mosaic_inputs(
@@ -313,3 +310,63 @@ def mosaic_inputs(
         if o.target == target and not o.ok
     ]
     return masks, missing
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`finish_run` wrote: mosaics per target, collection, run report."""
+
+    run_id: str
+    folder: Path
+    mosaics: dict[str, MosaicResult]
+    collection: Path | None
+    report: dict[str, Any]
+    report_file: Path
+
+    def summary(self) -> dict[str, Any]:
+        """The flow's return value; an OutputError when no scene could be mapped."""
+        failed = self.report["scenes"]["failed"]
+        if not self.mosaics:
+            first = f"; first error: {failed[0]['error']}" if failed else ""
+            raise OutputError(
+                f"region {self.report['region']}: no scene could be mapped in run "
+                f"{self.run_id} ({len(self.report['scenes']['selected'])} selected{first}); "
+                f"see {self.report_file}"
+            )
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.folder),
+            "report": str(self.report_file),
+            "collection": str(self.collection) if self.collection else None,
+            "mosaics": {t: str(m.path) for t, m in self.mosaics.items()},
+            "failed": failed,
+            "status": self.report["status"],
+        }
+
+
+def finish_run(
+    region: Region, run_id: str, selection: SceneSelection, outcomes: Sequence[SceneOutcome]
+) -> RunResult:
+    """Mosaic every target of the run's outcomes, then write the STAC collection and the
+    run report; one run of a region writes its mosaics at a time (the region's lock)."""
+    folder = run_dir(region, run_id)
+    with output_lock(region.output, f"region-{region.name}"):
+        previous = previous_run(region, run_id)
+        mosaics = {}
+        for target in region.targets:
+            masks, missing = mosaic_inputs(outcomes, target)
+            if masks:
+                mosaics[target] = mosaic_masks(
+                    masks,
+                    region.aoi,
+                    mosaic_path(region, run_id, target),
+                    resolution=region.resolution,
+                    missing=missing,
+                    tags={"SPEX_REGION": region.name, "SPEX_RUN_ID": run_id, "SPEX_TARGET": target},
+                )
+        collection = (
+            build_collection(region, run_id, outcomes, mosaics, folder) if mosaics else None
+        )
+        report = build_run_report(region, run_id, selection, outcomes, mosaics, previous)
+        report_file = write_run_report(folder, report)
+    return RunResult(run_id, folder, mosaics, collection, report, report_file)

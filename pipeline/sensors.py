@@ -21,36 +21,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog_io import check_entry, number, read_catalog_yaml, required
+from pipeline.bands import band_codes, band_name
+from pipeline.catalog_io import (
+    catalog_dir,
+    catalog_names,
+    check_entry,
+    check_keys,
+    number,
+    read_catalog_yaml,
+    required,
+)
 from pipeline.errors import CatalogError
-
-#: Canonical band codes (Awesome Spectral Indices convention) and what they are called in
-#: messages. This is the vocabulary catalogs may use, not a sensor fact.
-CANONICAL_BANDS: dict[str, str] = {
-    "A": "coastal aerosol",
-    "B": "blue",
-    "G": "green",
-    "G1": "green 1",
-    "Y": "yellow",
-    "R": "red",
-    "RE1": "red edge 1",
-    "RE2": "red edge 2",
-    "RE3": "red edge 3",
-    "N": "near infrared",
-    "N2": "narrow near infrared",
-    "WV": "water vapour",
-    "C": "cirrus",
-    "S1": "shortwave infrared 1 (~1.6 um)",
-    "S2": "shortwave infrared 2 (~2.2 um)",
-    "T": "thermal infrared",
-    "T1": "thermal infrared 1",
-    "T2": "thermal infrared 2",
-    "PAN": "panchromatic",
-}
 
 _SENSOR_KEYS = ("name", "title", "resolution_m", "bands")
 _BAND_KEYS = ("code", "native", "wavelength_nm")
@@ -91,7 +75,7 @@ class SensorBand:
     @property
     def long_name(self) -> str:
         """Readable name for messages, e.g. 'near infrared'."""
-        return CANONICAL_BANDS.get(self.code, self.code)
+        return band_name(self.code)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -222,10 +206,6 @@ class Sensor:
         return None
 
 
-def _catalog_dir() -> Path:
-    return Path(str(files("catalogs").joinpath("sensors")))
-
-
 def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -250,15 +230,13 @@ def _parse_band(raw: Any, where: str) -> SensorBand:
     for key in _BAND_KEYS:
         required(raw, key, where)
     code = str(raw["code"])
-    if code not in CANONICAL_BANDS:
+    if code not in band_codes():
         raise CatalogError(
-            f"{where}: band code {code!r} is not a canonical code; use one of "
-            + ", ".join(CANONICAL_BANDS)
+            f"{where}: band code {code!r} is not a canonical code (catalogs/bands.yaml); "
+            "use one of " + ", ".join(band_codes())
         )
     where_band = f"{where} band {code}"
-    unknown = set(raw) - {*_BAND_KEYS, "aliases", "reflective", "resolution_m"}
-    if unknown:
-        raise CatalogError(f"{where_band}: unknown key(s) {', '.join(sorted(unknown))}")
+    check_keys(raw, where_band, allowed={*_BAND_KEYS, "aliases", "reflective", "resolution_m"})
     reflective = raw.get("reflective", True)
     if not isinstance(reflective, bool):
         raise CatalogError(f"{where_band}: key 'reflective' must be true or false")
@@ -280,9 +258,7 @@ def _parse_levels(raw: Any, where: str) -> tuple[LevelRule, ...]:
     out = []
     for level, rules in raw.items():
         w = f"{where} level {level}"
-        rules = rules or {}
-        if not isinstance(rules, dict) or set(rules) - _LEVEL_KEYS:
-            raise CatalogError(f"{w}: rules must be a mapping of {', '.join(sorted(_LEVEL_KEYS))}")
+        rules = check_keys(rules or {}, w, allowed=_LEVEL_KEYS)
         out.append(
             LevelRule(
                 level=str(level),
@@ -367,19 +343,16 @@ def _parse_layouts(
 
 def list_sensors() -> list[str]:
     """Names of all sensor catalogs, sorted."""
-    return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))
+    return catalog_names("sensors")
 
 
 @cache
 def load_sensor(name: str) -> Sensor:
     """The catalog entry ``name``; an unknown name lists the known ones."""
-    path = _catalog_dir() / f"{name}.yaml"
+    path = catalog_dir("sensors") / f"{name}.yaml"
     if not name or "/" in name or "\\" in name or not path.is_file():
-        from pipeline.encodings import list_encodings
-
-        hint = (
-            f" ({name} is an encoding: pass it with --encoding)" if name in list_encodings() else ""
-        )
+        is_encoding = name in catalog_names("encodings")
+        hint = f" ({name} is an encoding: pass it with --encoding)" if is_encoding else ""
         raise CatalogError(
             f"unknown sensor {name!r}{hint}; known sensors (--sensor): {', '.join(list_sensors())}"
         )

@@ -71,6 +71,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from pipeline.errors import OutputError
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.outputs.atomic import (
     TEMP_MARK,
     atomic_path,
@@ -78,7 +79,7 @@ from pipeline.outputs.atomic import (
     temp_path_for,
 )
 from pipeline.outputs.atomic import fsync_dir as _fsync_dir
-from pipeline.outputs.cog import GDAL_ENV, MASK_NODATA, BandStyle, to_cog
+from pipeline.outputs.cog import COG_BLOCKSIZE, GDAL_ENV, BandStyle, to_cog
 from pipeline.tile_record import DamagedTileError, decode_tile, encode_tile
 from pipeline.tiling import Tile, TileGrid
 
@@ -454,13 +455,14 @@ class TileStore:
         *,
         tags: dict[str, str] | None = None,
         window: int = 1024,
-        blocksize: int = 512,
+        blocksize: int = COG_BLOCKSIZE,
         overview_count: int | None = None,
         styles: dict[str, BandStyle] | None = None,
         per_pixel: bool = False,
     ) -> tuple[Path, Path | None]:
-        """Blend all tiles into a COG mask (uint8: 1 where probability >= ``threshold``,
-        0 elsewhere, 255 nodata) and optionally a float32 probability COG (NaN nodata).
+        """Blend all tiles into a COG mask (uint8 mask codes: target where probability >=
+        ``threshold``, other elsewhere, nodata) and optionally a float32 probability COG
+        (NaN nodata).
 
         Streams window by window into tiled GeoTIFFs inside the store, then converts them
         to COGs that appear atomically at their final paths. ``tags`` become GeoTIFF

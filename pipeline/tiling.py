@@ -2,8 +2,9 @@
 
 Why this shape:
 
-* Tiles overlap (``overlap`` px, default 64) so that every output pixel can be blended
-  from more than one prediction near tile borders, where models see least context.
+* Tiles overlap (``overlap`` px, defaults in :mod:`pipeline.defaults`) so that every
+  output pixel can be blended from more than one prediction near tile borders, where
+  models see least context.
 * The last row and column of tiles are shifted inward so that every tile lies fully
   inside the scene. A tile is therefore never padded with fake data where real data
   exists; the price is a larger overlap between the last two tiles of a row/column,
@@ -24,10 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.defaults import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import SpexInputError
-
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ def plan_tiles(
     col_offsets = _axis_offsets(width, tile_w, stride)
     row_ov = _axis_overlaps(row_offsets, tile_h)
     col_ov = _axis_overlaps(col_offsets, tile_w)
-    tiles = []
+    tiles: list[Tile] = []
     for gr, r in enumerate(row_offsets):
         for gc, c in enumerate(col_offsets):
             tiles.append(

@@ -11,7 +11,6 @@ from skimage.measure import label, regionprops
 
 from pipeline.apg import (
     INSTRUCTION_TEMPLATE,
-    MASK_NODATA,
     RegionAttributes,
     build_instruction,
     extract_regions,
@@ -24,6 +23,7 @@ from pipeline.apg import (
 )
 from pipeline.errors import CatalogError, MissingBandError, SpexInputError
 from pipeline.indices import index_from_stack
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.targets import Target, index_for, load_target, target_names
 
 BANDS = ["B", "G", "R", "N", "S1"]
@@ -47,7 +47,7 @@ def tile(raleigh: np.ndarray) -> np.ndarray:
 
 def test_targets_catalog() -> None:
     assert set(target_names()) == {"water", "vegetation", "building"}
-    assert load_target("Water") == Target("water", "NDWI", "above", "water")
+    assert load_target("Water") == Target("water", "NDWI", "above", "water", 2, (30, 144, 255))
     assert load_target("vegetation").index == "NDVI"
     with pytest.raises(CatalogError, match="water, vegetation, building"):
         load_target("cloud")

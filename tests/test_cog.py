@@ -184,7 +184,7 @@ def test_job_rasters_open_as_styled_layers(tmp_path) -> None:
     """The extraction's mask COG is paletted with class names and mode overviews; the
     probability COG is float32 0..1 with NaN nodata; both are valid COGs."""
     from pipeline.extract import ExtractionSettings, run_extraction
-    from pipeline.outputs.quicklook import OVERLAY_COLOURS
+    from pipeline.outputs.quicklook import overlay_colour
 
     berlin = Path(__file__).resolve().parents[1] / "samples" / "s2_l1c_berlin_20170216.tif"
     settings = ExtractionSettings(target="water", tile=256, overlap=32, formats=("prob",))
@@ -194,7 +194,7 @@ def test_job_rasters_open_as_styled_layers(tmp_path) -> None:
     with rasterio.open(paths["mask"]) as mask:
         assert mask.colorinterp[0] == rasterio.enums.ColorInterp.palette
         colours = mask.colormap(1)
-        assert colours[1] == (*OVERLAY_COLOURS["water"][:3], 255) and colours[0] != colours[1]
+        assert colours[1] == (*overlay_colour("water")[:3], 255) and colours[0] != colours[1]
         assert mask.nodata == 255
         assert mask.tags(1) == {"CLASS_0": "other", "CLASS_1": "water", "CLASS_255": "nodata"}
         assert mask.descriptions[0].startswith("water mask")

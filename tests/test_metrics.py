@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.apg import MASK_NODATA, run_apg
+from pipeline.apg import run_apg
 from pipeline.errors import SpexInputError
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.metrics import ConfusionMatrix
 
 BANDS = ["B", "G", "R", "N", "S1"]

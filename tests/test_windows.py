@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline import samples as kept_samples
 from pipeline.errors import SceneReadError
 from pipeline.scene import decimated_sample, open_scene, windows
 
@@ -24,7 +25,7 @@ def _check(scene, windows_to_read, steps) -> None:
         graph = np.asarray(scene.data[:, rows, cols].compute(), dtype=np.float32)
         assert _same_bits(direct, graph), (rows, cols)
     for step in steps:
-        windows.forget_samples()
+        kept_samples.forget()
         direct = windows.strided_sample(scene, step)
         graph = np.asarray(scene.data[:, ::step, ::step].compute())
         assert _same_bits(direct, graph), step
@@ -86,7 +87,7 @@ def test_band_files_read_together(tmp_path: Path, samples: Path) -> None:
 
 def test_decimated_sample_is_shared_and_equal(samples: Path) -> None:
     scene = open_scene(str(samples / "s2_l1c_berlin_20170216.tif"))
-    windows.forget_samples()
+    kept_samples.forget()
     first, step = decimated_sample(scene, max_pixels=50_000)
     again, _ = decimated_sample(scene, max_pixels=50_000)
     lazy = scene.isel(y=slice(None, None, step), x=slice(None, None, step)).compute()

@@ -12,12 +12,19 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from model.config import DEFAULT_BANDS
+from pipeline.catalog_io import check_keys, read_catalog_yaml
+from pipeline.errors import CatalogError
+from pipeline.targets import load_targets
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-#: Classes of the stage-0 segmentation network: "other" plus the three targets.
-CLASSES: tuple[str, ...] = ("other", "vegetation", "water", "building")
+
+def stage0_classes() -> tuple[str, ...]:
+    """Classes of a new stage-0 segmentation network: "other", then the targets of
+    ``catalogs/targets.yaml`` by their ``class_id`` (a trained network keeps its own list)."""
+    targets = sorted(load_targets().values(), key=lambda t: t.class_id)
+    return ("other", *(t.name for t in targets))
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class TrainConfig:
     datasets: tuple[str, ...] | None = None
     out: str = "out/train/tiny"
     model: str = "tiny"
-    bands: tuple[str, ...] = ("B", "G", "R", "N", "S1", "S2")
+    bands: tuple[str, ...] = DEFAULT_BANDS
     input_size: int = 128
     subsets: tuple[str, ...] | None = None
     # Train on this SPIE split only (None: every split; leave-one-scene-out evaluation
@@ -128,11 +135,8 @@ class TrainConfig:
         return asdict(self)
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known {sorted(known)}")
+def _build(cls: type, data: Any, where: str) -> Any:
+    check_keys(data, where, allowed={f.name for f in fields(cls)})
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key == "augment":
@@ -156,12 +160,12 @@ def config_from_dict(data: dict[str, Any], **overrides: Any) -> TrainConfig:
     """Validate a parsed YAML mapping; ``overrides`` replace top-level fields."""
     cfg = _build(TrainConfig, dict(data), "training config")
     if cfg.model not in ("tiny", "paper"):
-        raise ValueError(f"model must be 'tiny' or 'paper', got {cfg.model!r}")
+        raise CatalogError(f"model must be 'tiny' or 'paper', got {cfg.model!r}")
     for n in cfg.stages:
         if n not in (0, 1, 2):
-            raise ValueError(f"stages are 0, 1 and 2, got {n}")
+            raise CatalogError(f"stages are 0, 1 and 2, got {n}")
     if cfg.stage1.llm not in ("lora", "full"):
-        raise ValueError(f"stage1.llm must be 'lora' or 'full', got {cfg.stage1.llm!r}")
+        raise CatalogError(f"stage1.llm must be 'lora' or 'full', got {cfg.stage1.llm!r}")
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -170,5 +174,4 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     p = Path(path)
     if not p.suffix and not p.exists():
         p = CONFIG_DIR / f"{p}.yaml"
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    return config_from_dict(data, **overrides)
+    return config_from_dict(read_catalog_yaml(p, "training"), **overrides)

@@ -50,10 +50,11 @@ import zarr
 
 from model.config import SpexConfig
 from model.evidence import evidence, prior_logits, scene_stats
-from model.training.config import CLASSES, AugmentConfig
+from model.training.config import AugmentConfig, stage0_classes
+from pipeline.mask_codes import MASK_NODATA as IGNORE
+from pipeline.mask_codes import MASK_OTHER, MASK_TARGET
 from pipeline.spie.store import SpieStore
 
-IGNORE = 255
 # Reflectance that haze tends to at full depth (a bright, flat path radiance).
 HAZE_LEVEL = 0.3
 # Arrays read from the store are kept in memory up to this many bytes: the samples of
@@ -344,7 +345,7 @@ class Sample:
     evidence: np.ndarray  # (C_ev, S, S)
     raw: np.ndarray  # (C_kept, S, S) reflectance, NaN nodata (for the APG)
     bands: list[str]  # of ``raw``
-    masks: dict[str, np.ndarray]  # target -> (S, S) uint8 1 / 0 / 255
+    masks: dict[str, np.ndarray]  # target -> (S, S) uint8 mask codes, IGNORE = nodata
     priors: dict[str, tuple[np.ndarray, bool]]  # target -> (prior logits, present)
 
 
@@ -391,21 +392,25 @@ def make_sample(
 # -- stage 0: multi-class partial labels -----------------------------------------------
 
 
-def allowed_classes(target_masks: dict[str, np.ndarray]) -> np.ndarray:
-    """Per-pixel allowed classes (len(CLASSES), H, W) bool from the per-target masks of
-    one patch. A target labelled 1 allows only that class; labelled 0 rules it out; a
-    target the set does not label constrains nothing (Gewata labels only vegetation, so
-    its non-vegetation pixels may be water, building or other). Unlabelled (255 in every
-    mask) allows nothing and is ignored by the loss."""
+def allowed_classes(
+    target_masks: dict[str, np.ndarray], classes: Sequence[str] | None = None
+) -> np.ndarray:
+    """Per-pixel allowed ``classes`` (default :func:`stage0_classes`; shape (K, H, W),
+    bool) from the per-target masks of one patch. A target labelled as target allows
+    only that class; labelled other rules it out; a target the set does not label
+    constrains nothing (Gewata labels only vegetation, so its non-vegetation pixels may
+    be water, building or other). Unlabelled (IGNORE in every mask) allows nothing and
+    is ignored by the loss."""
+    classes = tuple(classes or stage0_classes())
     shape = next(iter(target_masks.values())).shape
-    allowed = np.ones((len(CLASSES), *shape), dtype=bool)
+    allowed = np.ones((len(classes), *shape), dtype=bool)
     unlabelled = np.ones(shape, dtype=bool)
     for target, m in target_masks.items():
-        k = CLASSES.index(target)
-        pos = m == 1
+        k = classes.index(target)
+        pos = m == MASK_TARGET
         unlabelled &= m == IGNORE
-        allowed[k] &= m != 0
-        for j in range(len(CLASSES)):
+        allowed[k] &= m != MASK_OTHER
+        for j in range(len(classes)):
             if j != k:
                 allowed[j] &= ~pos
     allowed[:, unlabelled] = False
@@ -426,8 +431,11 @@ def seg_batches(
     seed: int,
     epoch: int,
     samples_per_epoch: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Iterator[SegBatch]:
-    """Stage-0 batches: one item per patch crop with its allowed-class map."""
+    """Stage-0 batches: one item per patch crop with its map of allowed ``classes``
+    (default :func:`stage0_classes`)."""
+    classes = tuple(classes or stage0_classes())
     groups = index.images_with_masks()
     order = draws([index.places[g[0]["subset"]] for g in groups], samples_per_epoch, seed, epoch)
     for start in range(0, len(order), batch_size):
@@ -435,7 +443,7 @@ def seg_batches(
         for pos, g in enumerate(order[start : start + batch_size], start):
             s = make_sample(index, groups[g], spex, aug, sample_rng(seed, epoch, pos))
             px.append(torch.from_numpy(s.evidence))
-            al.append(torch.from_numpy(allowed_classes(s.masks)))
+            al.append(torch.from_numpy(allowed_classes(s.masks, classes)))
         yield SegBatch(torch.stack(px), torch.stack(al))
 
 

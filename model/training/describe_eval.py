@@ -17,7 +17,7 @@ per-kind truth rates (count, percent, size, location, ...), and whether descript
 differ where the tiles differ: the number of distinct texts against the number of
 distinct fact signatures (region count, coverage phrase, largest region's size and
 location), and the share of pairs of samples with differing signatures but the same
-text. Scores cover only labelled pixels: unlabelled ones (255 in the reference mask)
+text. Scores cover only labelled pixels: unlabelled ones (nodata in the reference mask)
 are nodata to the check, as in SPIE.
 """
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from model.training.data import SpieIndex, subset_sensor
 from pipeline.extractor import TileBatch
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.spie.facts import SampleFacts, sample_facts
 from pipeline.spie.responses import percent_phrase
 from pipeline.truthfulness import DescriptionCheck, check_description, summarise_checks
@@ -121,7 +122,7 @@ def evaluate_descriptions(
         result = extractor.predict(batch)
         text = result.texts[0] or ""
         truth = sample_facts(mask, image, bands, row["target"])
-        own = np.where(valid, (result.probability[0] >= 0.5).astype(np.uint8), 255)
+        own = np.where(valid, (result.probability[0] >= 0.5).astype(np.uint8), MASK_NODATA)
         own = own.astype(np.uint8)
         own_facts = sample_facts(own, image, bands, row["target"])
         tc, oc = check_description(text, truth), check_description(text, own_facts)

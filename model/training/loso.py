@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from model.promotion import TargetDecision, decide_per_target, decisions_markdown
+from model.threads import torch_threads
 from model.training.config import TrainConfig
 from model.training.evaluate import (
+    MARGINS,
     build_factories,
-    goal_check,
     iou_table,
+    margin_over_baselines,
     markdown_table,
 )
 from model.training.stages import final_model, prepare_data, product_dir, train
@@ -176,14 +178,10 @@ def run_loso(
     """Every fold, the per-target promotion decision and (``final``) the recipe trained
     on every place with the decision written next to its weights. Returns the record
     also written to ``loso.json``."""
-    import torch
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         prepare_data(cfg, progress)
         folds = loso_folds(cfg.spie, places)
         if len(folds) < 2 and places is None:
@@ -198,8 +196,6 @@ def run_loso(
         if final:
             spex, mvpnet = train_final(cfg, out, decisions, config_name, progress)
             final_dirs = {"spex": str(spex), "mvpnet": str(mvpnet)}
-    finally:
-        torch.set_num_threads(threads)
     meta = {
         "config": config_name,
         "seed": cfg.seed,
@@ -212,7 +208,7 @@ def run_loso(
     record = {
         "meta": meta,
         "decisions": {t: d.as_dict() for t, d in decisions.items()},
-        "goal": goal_check(rows),
+        MARGINS: margin_over_baselines(rows),
         "rows": rows,
     }
     atomic_write_text(out / "loso.json", json.dumps(record, indent=1))

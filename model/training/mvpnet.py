@@ -7,7 +7,7 @@ input (:mod:`model.evidence`: reflectance, indices, spectral priors; same config
 weights move into SPEX unchanged), and the head is the UperNet recipe in small: a
 pyramid-pooling module on the stride-32 map, a top-down feature pyramid with lateral
 1x1 convolutions, every level upsampled to stride 4, concatenated and fused, then a
-1x1 classifier over :data:`model.training.config.CLASSES`. Unlike SPEX's mask, its
+1x1 classifier over :func:`model.training.config.stage0_classes`. Unlike SPEX's mask, its
 output is not a correction of the prior: it is the plain segmentation baseline. It reads
 tiles in native-resolution windows like SPEX (:mod:`model.windows`).
 
@@ -19,6 +19,7 @@ is the ordinary CE, with several it only says "one of these".
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.checkpoint import check_bands, sha256_file
+from model.checkpoint_files import check_bands, sha256_file
 from model.config import SpexConfig
 from model.encoder import VisionEncoder
 from model.evidence import SceneStats, fit_scene_stats, stats_to_json, tile_inputs
-from model.training.config import CLASSES
+from model.training.config import stage0_classes
 from model.windows import blend, crop, plan_windows
 from pipeline.extractor import TileBatch, TileResult
 
@@ -98,11 +99,12 @@ class MVPNet(nn.Module):
     ``spex``: the SPEX architecture whose encoder and evidence this network shares."""
 
     def __init__(
-        self, spex: SpexConfig, head_dim: int = 64, classes: tuple[str, ...] = CLASSES
+        self, spex: SpexConfig, head_dim: int = 64, classes: Sequence[str] | None = None
     ) -> None:
         super().__init__()
+        classes = tuple(classes or stage0_classes())
         self.spex = spex.without_pretrained_paths()
-        self.classes = tuple(classes)
+        self.classes = classes
         self.head_dim = head_dim
         self.encoder = VisionEncoder(spex.encoder, spex.input_channels)
         self.head = UperHead(self.encoder.channels, head_dim, len(classes))

@@ -1,7 +1,7 @@
 """The three training stages of SPEX, wired onto :func:`model.training.loop.run_stage`.
 
 - stage 0 (:func:`stage0`): MVPNet (SPEX encoder + UperNet-style head), partial-label
-  cross-entropy over other/vegetation/water/building; its encoder initialises SPEX;
+  cross-entropy over "other" and the catalog's targets; its encoder initialises SPEX;
 - stage 1 (:func:`stage1`): encoder + MSAM + LLM on the text loss over all SPIE subsets.
   The LLM trains through LoRA (``stage1.llm: lora``, the paper's setting with a
   pretrained Qwen) or whole (``full``: the tiny LM starts from random weights, so LoRA
@@ -32,6 +32,7 @@ from model.config import CONFIGS
 from model.responses import truncate_responses
 from model.spex import SpexModel
 from model.stages import set_stage, trainable_groups
+from model.threads import torch_threads
 from model.training.config import TrainConfig
 from model.training.data import (
     SpieIndex,
@@ -132,7 +133,14 @@ def stage0(
 
     def batches(epoch: int):
         return seg_batches(
-            index, spex, cfg.augment, sc.batch_size, cfg.seed, epoch, sc.samples_per_epoch
+            index,
+            spex,
+            cfg.augment,
+            sc.batch_size,
+            cfg.seed,
+            epoch,
+            sc.samples_per_epoch,
+            classes=model.classes,
         )
 
     def loss(batch) -> dict[str, torch.Tensor]:
@@ -276,21 +284,40 @@ def train(
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
     histories: dict[int, list[dict[str, Any]]] = {}
-    try:
-        for n in cfg.stages:
-            if finished(cfg, n):
-                state = load_state(stage_dir(cfg, n))
-                histories[n] = list(state["history"]) if state else []
-                continue
-            step_cb = (lambda s, t, losses, n=n: on_step(n, s, t, losses)) if on_step else None
-            epoch_cb = (lambda e, r, n=n: on_epoch(n, e, r)) if on_epoch else None
-            histories[n] = STAGES[n](cfg, step_cb, epoch_cb)
-    finally:
-        torch.set_num_threads(threads)
+    for n in cfg.stages:
+        step_cb = (lambda s, t, losses, n=n: on_step(n, s, t, losses)) if on_step else None
+        epoch_cb = (lambda e, r, n=n: on_epoch(n, e, r)) if on_epoch else None
+        histories[n] = train_stage(cfg, n, step_cb, epoch_cb)
     return histories
+
+
+def train_stage(
+    cfg: TrainConfig,
+    n: int,
+    on_step: StepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Stage ``n`` of the run with the recipe's torch thread count, or, when it is
+    finished already, its recorded history; returns the per-epoch history."""
+    if finished(cfg, n):
+        state = load_state(stage_dir(cfg, n))
+        return list(state["history"]) if state else []
+    with torch_threads(cfg.threads):
+        return STAGES[n](cfg, on_step, on_epoch)
+
+
+def summary_markdown(cfg: TrainConfig, histories: dict[int, list[dict[str, Any]]]) -> str:
+    """A run's summary: its final checkpoint and each stage's first and last loss."""
+    checkpoint = final_model(cfg) if set(cfg.stages) & {1, 2} else None
+    lines = [f"# train-spex: {cfg.out}", "", f"final checkpoint: `{checkpoint}`", ""]
+    for n, hist in histories.items():
+        if hist:
+            lines.append(
+                f"- stage {n}: {len(hist)} epochs, first loss {hist[0]['loss']}, "
+                f"last loss {hist[-1]['loss']}"
+            )
+    return "\n".join(lines)
 
 
 def per_target_overrides(cfg: TrainConfig, targets: Sequence[str]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ import typer
 from pipeline.cli.models import models_app
 from pipeline.cli.spie import spie_app
 from pipeline.cli.train import eval_command, train_command
+from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.errors import SpexInputError
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 
 if TYPE_CHECKING:
     from pipeline.extract import ExtractionSettings
@@ -37,7 +39,9 @@ app.add_typer(models_app, name="models")
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 
-TargetArg = Annotated[str, typer.Argument(help="What to extract: water, vegetation or building.")]
+TargetArg = Annotated[
+    str, typer.Argument(help="What to extract: a target of catalogs/targets.yaml (`spex targets`).")
+]
 SceneArg = Annotated[
     Path,
     typer.Argument(help="Scene file (GeoTIFF/COG/VRT/JP2), band-file folder, STAC item, Zarr."),
@@ -158,6 +162,15 @@ def sensors() -> None:
 
 
 @app.command()
+def targets() -> None:
+    """List the extraction targets (catalogs/targets.yaml): index, side, category."""
+    from pipeline.targets import load_targets
+
+    for t in load_targets().values():
+        typer.echo(f"{t.name:<14} {t.index} {t.side} the Otsu threshold; category {t.category!r}")
+
+
+@app.command()
 def encodings() -> None:
     """List the encoding catalogs (catalogs/encodings/*.yaml): how products store bands."""
     from pipeline.encodings import all_encodings
@@ -210,7 +223,11 @@ def apg(
     nodata: NodataOpt = None,
     baseline: BaselineOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the coarse mask as a COG (1/0/255).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help=f"Write the coarse mask as a COG ({MASK_TARGET}/{MASK_OTHER}/{MASK_NODATA}).",
+        ),
     ] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Use this index threshold, not Otsu.")
@@ -254,7 +271,7 @@ def apg(
             out,
             crs=data.rio.crs,
             transform=data.rio.transform(),
-            nodata=255,
+            nodata=MASK_NODATA,
             tags={
                 "SPEX_INDEX": index_name,
                 "SPEX_THRESHOLD": repr(result.threshold),
@@ -298,7 +315,7 @@ def extract(
             "rule made it the default, else the index), 'spex' (the shipped SPEX weights), a "
             "registered version or a checkpoint path.",
         ),
-    ] = "default",
+    ] = DEFAULT_MODEL,
     sensor: SensorOpt = None,
     bands: BandsOpt = None,
     encoding: EncodingOpt = None,
@@ -307,8 +324,10 @@ def extract(
     offset: OffsetOpt = None,
     nodata: NodataOpt = None,
     baseline: BaselineOpt = None,
-    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels.")] = 512,
-    overlap: Annotated[int, typer.Option("--overlap", help="Tile overlap in pixels.")] = 64,
+    tile: Annotated[int, typer.Option("--tile", help="Tile size in pixels.")] = DEFAULT_TILE,
+    overlap: Annotated[
+        int, typer.Option("--overlap", help="Tile overlap in pixels.")
+    ] = DEFAULT_OVERLAP,
     allow_small_scene: Annotated[
         bool,
         typer.Option(
@@ -316,7 +335,9 @@ def extract(
             help="Run a scene smaller than --tile as one tile of its own size (no padding).",
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per batch.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Tiles per batch.")
+    ] = DEFAULT_BATCH_SIZE,
     formats: Annotated[
         str,
         typer.Option(
@@ -447,7 +468,7 @@ def parse_extract(argv: list[str]) -> tuple[list[Path], Path, ExtractionSettings
     except typer.Exit:
         raise
     except typer.TyperException as exc:
-        raise SpexInputError(f"{exc.format_message()} (see --help)") from None  # type: ignore[attr-defined]
+        raise SpexInputError(f"{exc.format_message()} (see --help)") from None
     return extraction_options(ctx.params)
 
 

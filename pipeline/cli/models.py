@@ -25,6 +25,14 @@ def _registry(root: Path | None):
     return ModelRegistry(root)
 
 
+def _per_target(reg) -> dict[str, str]:
+    """What ``--model default`` means for each target: 'index' or a checkpoint folder."""
+    from pipeline.defaults import DEFAULT_MODEL
+    from pipeline.targets import target_names
+
+    return {t: str(reg.resolve(DEFAULT_MODEL, t)) for t in target_names()}
+
+
 @models_app.command("list")
 def list_models(registry: RootOpt = None) -> None:
     """Every version, with its weights hash and date; * marks the default."""
@@ -32,10 +40,7 @@ def list_models(registry: RootOpt = None) -> None:
     default = reg.default_version()
     entries = reg.entries()
     if not entries:
-        from pipeline.targets import target_names
-
-        per_target = {t: reg.resolve("default", t) for t in target_names()}
-        typer.echo(f"no registered model in {reg.root}; default resolves to {per_target}")
+        typer.echo(f"no registered model in {reg.root}; default resolves to {_per_target(reg)}")
         return
     for e in entries:
         mark = "*" if e.version == default else " "
@@ -52,10 +57,7 @@ def show(
     if version == "default":
         chosen = reg.default_version()
         if chosen is None:
-            from pipeline.targets import target_names
-
-            per_target = {t: reg.resolve("default", t) for t in target_names()}
-            typer.echo(json.dumps({"default": per_target, "promoted": None}))
+            typer.echo(json.dumps({"default": _per_target(reg), "promoted": None}))
             return
         version = chosen
     typer.echo(json.dumps(asdict(reg.get(version)), indent=2, sort_keys=True))

@@ -73,9 +73,7 @@ def build(
     ] = None,
     patch_size: Annotated[
         int | None,
-        typer.Option(
-            "--patch-size", help="Patch size in px (default: the catalog's, 512 for paper sets)."
-        ),
+        typer.Option("--patch-size", help="Patch size in px (default: the catalog's patch.size)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the response phrasing.")] = 0,
     quality_bar: Annotated[float, typer.Option("--quality-bar")] = 0.8,

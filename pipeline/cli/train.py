@@ -207,7 +207,7 @@ def eval_command(
     """Recall, precision, OA, F1, IoU per scene and target for index + Otsu, MVPNet and
     SPEX on whole labelled scenes; with --loso, each place held out of training in turn."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from model.training.evaluate import iou_table
+    from model.training.evaluate import MARGINS, iou_table
 
     if loso:
         from model.training.loso import run_loso
@@ -226,7 +226,8 @@ def eval_command(
         except ValueError as exc:
             raise _fail(str(exc)) from exc
         typer.echo(iou_table(record["rows"]))
-        typer.echo(json.dumps({"report": str(Path(out) / "loso.md"), "goal": record["goal"]}))
+        report = str(Path(out) / "loso.md")
+        typer.echo(json.dumps({"report": report, MARGINS: record[MARGINS]}))
         return
     _eval_weights(spie, spex, mvpnet, dataset, out, method, spex_target)
 
@@ -242,7 +243,7 @@ def _eval_weights(
 ) -> None:
     from tqdm import tqdm
 
-    from model.training.evaluate import iou_table, run_evaluation
+    from model.training.evaluate import MARGINS, iou_table, run_evaluation
     from model.training.loso import LOSO_METHODS, loso_folds
 
     per_target: dict[str, str] = {}
@@ -251,9 +252,9 @@ def _eval_weights(
         if not sep or not name or not path:
             raise _fail(f"--spex-target wants TARGET=CHECKPOINT, got {item!r}")
         per_target[name] = path
-    for label, path in [("spex", spex), ("mvpnet", mvpnet), *per_target.items()]:
-        if path and not Path(path).exists():
-            raise _fail(f"{label} weights not found: {path} (check --{label})")
+    for label, weights in [("spex", spex), ("mvpnet", mvpnet), *per_target.items()]:
+        if weights and not Path(weights).exists():
+            raise _fail(f"{label} weights not found: {weights} (check --{label})")
     if not dataset:
         _check_store(spie)
         dataset = [d for f in loso_folds(spie) for d in f.datasets]
@@ -274,4 +275,4 @@ def _eval_weights(
     )
     bar.close()
     typer.echo(iou_table(result["rows"]))
-    typer.echo(json.dumps({"paths": result["paths"], "goal": result["goal"]}))
+    typer.echo(json.dumps({"paths": result["paths"], MARGINS: result[MARGINS]}))

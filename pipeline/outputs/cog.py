@@ -12,7 +12,7 @@ Why these choices:
 * Deterministic bytes: no TIFF DateTime tag is ever set, keys are written sorted,
   ``NUM_THREADS`` defaults to 1, statistics are not computed and PAM sidecars
   (``.aux.xml``) are disabled; so the same input gives the same bytes.
-* Overviews: ``mode`` for the class mask (keeps exactly the values 0/1/255, and a
+* Overviews: ``mode`` for the class mask (keeps exactly the mask codes, and a
   zoomed-out view shows the majority class rather than whichever pixel nearest
   resampling happened to hit), ``average`` for probabilities. With
   ``overview_count=None`` GDAL adds levels until the smallest one fits in one block.
@@ -49,8 +49,9 @@ from pipeline.outputs.atomic import atomic_path
 
 Kind = Literal["mask", "probability"]
 
-MASK_NODATA = 255
 DEFAULT_RESAMPLING: dict[str, str] = {"mask": "mode", "probability": "average"}
+#: Internal tile size of the COGs written here (px; GDAL's COG driver default).
+COG_BLOCKSIZE = 512
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def to_cog(
     tags: Mapping[str, str] | None = None,
     nodata: float | None = None,
     resampling: str | None = None,
-    blocksize: int = 512,
+    blocksize: int = COG_BLOCKSIZE,
     overview_count: int | None = None,
     level: int = 6,
     num_threads: int = 1,
@@ -188,7 +189,7 @@ def write_array_cog(
     transform: Affine,
     nodata: float | None = None,
     tags: Mapping[str, str] | None = None,
-    blocksize: int = 512,
+    blocksize: int = COG_BLOCKSIZE,
 ) -> Path:
     """Write a small in-memory 2-D array as a final COG at ``path`` (atomically).
 

@@ -16,18 +16,25 @@ import xarray as xr
 from PIL import Image, ImageDraw, ImageFont
 from rasterio.enums import Resampling
 
+from pipeline.mask_codes import MASK_NODATA, MASK_TARGET
 from pipeline.scene import decimated_sample
+from pipeline.targets import load_target
 
-# Display colours (RGBA) for the target overlay; presentation only.
-OVERLAY_COLOURS = {
-    "water": (30, 144, 255, 150),
-    "vegetation": (50, 205, 50, 150),
-    "building": (220, 20, 60, 150),
-}
-DEFAULT_OVERLAY = (255, 215, 0, 150)  # a target without a colour of its own
-NODATA_COLOUR = (40, 40, 40, 255)
-OTHER_COLOUR = (224, 224, 224, 255)  # "not the target" in the mask COG's colour table
+#: Alpha of an 8-bit colour that hides what lies below it.
+OPAQUE = 255
+#: Alpha of the target overlay: the composite shows through.
+OVERLAY_ALPHA = 150
+DEFAULT_OVERLAY = (255, 215, 0, OVERLAY_ALPHA)  # a target without a colour of its own
+NODATA_COLOUR = (40, 40, 40, OPAQUE)
+OTHER_COLOUR = (224, 224, 224, OPAQUE)  # "not the target" in the mask COG's colour table
 COMPOSITES = (("R", "G", "B"), ("N", "R", "G"), ("S1", "N", "R"))
+
+
+def overlay_colour(target: str) -> tuple[int, int, int, int]:
+    """RGBA of ``target`` over the composite: its catalog colour (catalogs/targets.yaml),
+    else a default yellow."""
+    colour = load_target(target).colour
+    return DEFAULT_OVERLAY if colour is None else (*colour, OVERLAY_ALPHA)
 
 
 def _composite_bands(bands: list[str]) -> tuple[tuple[str, str, str], str]:
@@ -35,18 +42,19 @@ def _composite_bands(bands: list[str]) -> tuple[tuple[str, str, str], str]:
         if all(code in bands for code in combo):
             label = "true colour" if combo == ("R", "G", "B") else "false colour"
             return combo, f"{label} ({'/'.join(combo)})"
-    first = (bands[0],) * 3
-    return first, f"grey ({bands[0]})"  # type: ignore[return-value]
+    first = (bands[0], bands[0], bands[0])
+    return first, f"grey ({bands[0]})"
 
 
 def _stretch(channel: np.ndarray) -> np.ndarray:
-    """2-98 % linear stretch to 0..255, NaN-safe."""
+    """2-98 % linear stretch to the uint8 range, NaN-safe."""
     finite = channel[np.isfinite(channel)]
     if finite.size == 0:
         return np.zeros(channel.shape, dtype=np.uint8)
     low, high = np.percentile(finite, [2, 98])
     scaled = (channel - low) / max(high - low, 1e-6)
-    return (np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1) * 255).astype(np.uint8)
+    top = np.iinfo(np.uint8).max
+    return (np.clip(np.nan_to_num(scaled, nan=0.0), 0, 1) * top).astype(np.uint8)
 
 
 def render_quicklook(scene: xr.DataArray, mask_path: Path, target: str, out_path: Path) -> Path:
@@ -61,20 +69,20 @@ def render_quicklook(scene: xr.DataArray, mask_path: Path, target: str, out_path
 
     base = Image.fromarray(rgb, "RGB").convert("RGBA")
     overlay = np.zeros((out_h, out_w, 4), dtype=np.uint8)
-    overlay[mask == 1] = OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY)
-    overlay[mask == 255] = NODATA_COLOUR
+    overlay[mask == MASK_TARGET] = overlay_colour(target)
+    overlay[mask == MASK_NODATA] = NODATA_COLOUR
     image = Image.alpha_composite(base, Image.fromarray(overlay, "RGBA"))
 
     legend_h = 44
-    canvas = Image.new("RGBA", (max(out_w, 320), out_h + legend_h), (255, 255, 255, 255))
+    canvas = Image.new("RGBA", (max(out_w, 320), out_h + legend_h), "white")
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     y0 = out_h + 6
-    entries = [(OVERLAY_COLOURS.get(target, DEFAULT_OVERLAY), target), (NODATA_COLOUR, "nodata")]
+    entries = [(overlay_colour(target), target), (NODATA_COLOUR, "nodata")]
     x = 6
     for colour, name in entries:
-        draw.rectangle([x, y0, x + 14, y0 + 14], fill=(*colour[:3], 255), outline=(0, 0, 0))
+        draw.rectangle([x, y0, x + 14, y0 + 14], fill=(*colour[:3], OPAQUE), outline=(0, 0, 0))
         draw.text((x + 20, y0 + 1), name, fill=(0, 0, 0), font=font)
         x += 30 + int(draw.textlength(name, font=font)) + 12
     draw.text((6, y0 + 20), f"background: {label}", fill=(60, 60, 60), font=font)

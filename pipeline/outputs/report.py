@@ -2,7 +2,7 @@
 
 The analyst's question after an extraction job is rarely "show me the pixels" but "how
 much water is there, and where are the big bodies?". This module answers it from the
-finished uint8 mask (1 target, 0 other, 255 nodata) alone, so it works the same for
+finished uint8 mask (:mod:`pipeline.mask_codes`) alone, so it works the same for
 every extractor (spectral index, MVPNet, SPEX) and can be rerun on an old output.
 
 Choices, and why:
@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,14 @@ import numpy as np
 import rasterio
 import rasterio.errors
 from affine import Affine
-from pyproj import CRS, Geod, Transformer
+from pyproj import CRS, Transformer
 from rasterio.enums import Resampling
 
 from pipeline.apg import MAX_REGIONS, RegionAttributes, extract_regions, label_regions
 from pipeline.errors import OutputError, SceneError, SpexInputError
+from pipeline.geodesy import crs_unit, row_cell_areas
+from pipeline.markdown import markdown_table as _table
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.outputs.descriptions import checked_markdown, summarise_descriptions
 from pipeline.outputs.narrative import scene_distribution, scene_narrative
 from pipeline.targets import load_target
@@ -76,15 +79,6 @@ _LONLAT_DECIMALS = 7  # ~1 cm
 _PROJECTED_DECIMALS = 3  # mm in metre CRSs
 _GEOGRAPHIC_DECIMALS = 8  # map coordinates in degrees
 _SIGNIFICANT = 10  # provenance floats and resolutions
-
-_UNIT_ABBREVIATIONS = {
-    "metre": "m",
-    "meter": "m",
-    "degree": "deg",
-    "foot": "ft",
-    "US survey foot": "ftUS",
-}
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -118,17 +112,6 @@ def _jsonable(value: Any) -> Any:
     raise SpexInputError(f"report value of type {type(value).__name__} is not JSON-serialisable")
 
 
-def _unit_abbreviation(crs: CRS) -> tuple[str, float]:
-    """(unit label, metres per unit) of the CRS's first axis."""
-    if crs.is_geographic:
-        return "deg", float("nan")
-    axes = crs.axis_info
-    if not axes:
-        raise SceneError(f"CRS {crs.name!r} has no axis information; cannot tell its unit")
-    name, factor = axes[0].unit_name, axes[0].unit_conversion_factor
-    return _UNIT_ABBREVIATIONS.get(name, name), float(factor)
-
-
 def _crs_label(crs: CRS) -> str:
     """``EPSG:32633`` when the CRS (or, for a BOUNDCRS carrying TOWGS84, its source CRS)
     has an EPSG code, else the CRS name; the JSON adds the WKT when there is no code."""
@@ -158,37 +141,6 @@ def _decimation(height: int, width: int, max_pixels: int) -> int:
     return factor
 
 
-def row_cell_areas(
-    crs: CRS, label: str, transform: Affine, height: int, width: int
-) -> tuple[np.ndarray, str]:
-    """Area in m2 of one cell in each grid row, and a sentence saying how it was measured.
-
-    Projected CRS: every cell has the same planar area. Geographic CRS: the geodesic area
-    of the row's cell on the CRS ellipsoid; for a rotated grid the cell at the centre
-    column stands for its row (an approximation the method text admits).
-    """
-    if not crs.is_geographic:
-        unit, factor = _unit_abbreviation(crs)
-        cell = abs(transform.a * transform.e - transform.b * transform.d) * factor**2
-        return np.full(height, cell, dtype=np.float64), (
-            f"planar: pixel count x |pixel area| of the {label} grid (unit {unit} = {factor:g} m)"
-        )
-    geod: Geod = crs.get_geod() or Geod(ellps="WGS84")
-    col = 0 if transform.b == 0 and transform.d == 0 else width // 2
-    areas = np.empty(height, dtype=np.float64)
-    for row in range(height):
-        corners = [transform @ (col + dx, row + dy) for dx, dy in ((0, 0), (1, 0), (1, 1), (0, 1))]
-        lons = [c[0] for c in corners]
-        lats = [c[1] for c in corners]
-        area, _ = geod.polygon_area_perimeter(lons, lats)
-        areas[row] = abs(area)
-    rotated = "" if col == 0 else " (rotated grid: centre-column cell per row, approximate)"
-    return areas, (
-        f"geodesic: per-row cell areas on the {label} ellipsoid "
-        f"({geod.initstring.strip()}){rotated}"
-    )
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -205,8 +157,9 @@ def _read_mask(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any],
             raise SceneError(f"mask {path} has no geotransform; a report needs map coordinates")
         if src.count < 1 or src.dtypes[0] != "uint8":
             raise SceneError(
-                f"mask {path} must be a single-band uint8 raster (1 target, 0 other, "
-                f"255 nodata); got {src.count} band(s) of {src.dtypes[0] if src.count else '-'}"
+                f"mask {path} must be a single-band uint8 raster ({MASK_TARGET} target, "
+                f"{MASK_OTHER} other, {MASK_NODATA} nodata); got {src.count} band(s) of "
+                f"{src.dtypes[0] if src.count else '-'}"
             )
         height, width = src.height, src.width
         factor = _decimation(height, width, max_pixels)
@@ -342,10 +295,11 @@ def build_report(
 ) -> dict[str, Any]:
     """Scene-level report of the regions in a finished mask (JSON-ready, deterministic).
 
-    ``mask_path``: uint8 GeoTIFF/COG, 1 target, 0 other, 255 nodata (any value other than
-    0 and 1 counts as nodata), with CRS and transform. ``target`` names a target of
-    ``catalogs/targets.yaml``. ``provenance`` is copied in (floats cut to 10 significant
-    digits). ``descriptions``: per-tile texts from the extractor, see
+    ``mask_path``: uint8 GeoTIFF/COG in the mask codes of :mod:`pipeline.mask_codes` (any
+    value other than target and other counts as nodata), with CRS and transform.
+    ``target`` names a target of ``catalogs/targets.yaml``. ``provenance`` is copied in
+    (floats cut to 10 significant digits). ``descriptions``: per-tile texts from the
+    extractor, see
     :func:`_normalise_descriptions`, optionally with their ``check`` against the final
     mask (:mod:`pipeline.outputs.descriptions`), summarised in ``truthfulness``;
     ``descriptions_requested`` False records that none was asked for (``--no-describe``).
@@ -360,13 +314,13 @@ def build_report(
     path = Path(mask_path)
     mask, facts, crs, transform, factor = _read_mask(path, max_pixels)
     height, width = mask.shape
-    unit, _ = _unit_abbreviation(crs)
+    unit, _ = crs_unit(crs)
     map_decimals = _GEOGRAPHIC_DECIMALS if crs.is_geographic else _PROJECTED_DECIMALS
 
     crs_label = _crs_label(crs)
-    row_area, method = row_cell_areas(crs, crs_label, transform, height, width)
-    is_target = mask == 1
-    valid = is_target | (mask == 0)
+    row_area, method = row_cell_areas(crs, transform, height, width, label=crs_label)
+    is_target = mask == MASK_TARGET
+    valid = is_target | (mask == MASK_OTHER)
     target_area = float(np.count_nonzero(is_target, axis=1) @ row_area)
     valid_area = float(np.count_nonzero(valid, axis=1) @ row_area)
     scene_area = float(row_area.sum() * width)
@@ -470,15 +424,6 @@ def report_to_json(report: Mapping[str, Any]) -> str:
     return json.dumps(report, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _cell(value: Any) -> str:
-    """Table cell text; pipes and newlines would break a Markdown table row."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
 
@@ -490,12 +435,6 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
             rows.extend(_flatten(f"{prefix}.{k}" if prefix else str(k), value[k]))
         return rows
     return [(prefix, value)]
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def report_to_markdown(report: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ truthfulness score, where the extractor gives one) of the tile holding the centr
 
 How, and why:
 
-- **Regions are the report's regions**: 8-connected components of ``mask == 1`` (same
+- **Regions are the report's regions**: 8-connected components of target pixels (same
   connectivity as :func:`pipeline.apg.extract_regions`), so counts and areas agree
   with the report. Tracing is GDAL's (``rasterio.features.shapes``), merging shapely's.
 - **Exact areas**: polygons are traced in *pixel* coordinates (integers, exact in
@@ -57,7 +57,8 @@ from skimage.measure import label as label_regions
 
 from pipeline.apg import location_name, size_class
 from pipeline.errors import OutputError
-from pipeline.outputs.report import row_cell_areas
+from pipeline.geodesy import row_cell_areas
+from pipeline.mask_codes import MASK_TARGET
 from pipeline.tiling import Tile, TileGrid
 
 #: Largest strip of the mask (pixels) held at once; a strip is at least 16 rows.
@@ -422,7 +423,7 @@ def write_polygons(
     grid: TileGrid | None = None,
     descriptions: Sequence[Mapping[str, Any]] = (),
 ) -> int:
-    """Write one feature per 8-connected region of ``mask == 1``; returns the count.
+    """Write one feature per 8-connected region of target pixels; returns the count.
 
     ``out_path`` ends in ``.gpkg`` (GeoPackage) or ``.parquet`` (GeoParquet 1.1, WKB).
     ``probability``: the probability COG, or a function ``(rows, cols) -> array`` (the
@@ -440,7 +441,7 @@ def write_polygons(
             raise OutputError(f"mask {mask_path} has no CRS; polygons need map coordinates")
         height, width, transform = src.height, src.width, src.transform
         crs = CRS.from_user_input(src.crs.to_wkt())
-        row_area, _ = row_cell_areas(crs, "mask", transform, height, width)
+        row_area, _ = row_cell_areas(crs, transform, height, width, label="mask")
         writer = _Writer(out, settings.layer, crs)
         uf = _UnionFind()
         open_regions: dict[int, _Region] = {}
@@ -451,7 +452,7 @@ def write_polygons(
         for r0 in range(0, height, step):
             rows = slice(r0, min(r0 + step, height))
             mask = src.read(1, window=Window(0, r0, width, rows.stop - r0))
-            labels, n = label_regions(mask == 1, connectivity=2, return_num=True)
+            labels, n = label_regions(mask == MASK_TARGET, connectivity=2, return_num=True)
             prob = (
                 _read_probability(probability, rows, width)
                 if probability is not None

@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from pipeline.bands import band_codes
 from pipeline.errors import SceneError
 from pipeline.scene import windows
 from pipeline.scene.bands import detect_sensor, resolve_bands
@@ -48,7 +49,7 @@ from pipeline.scene.radiometry import (
     product_level,
 )
 from pipeline.scene.sources import _RESAMPLING, PathLike, _Raw, _read_source, check_path
-from pipeline.sensors import CANONICAL_BANDS, Sensor, load_sensor
+from pipeline.sensors import Sensor, load_sensor
 
 #: The keyword arguments of :func:`open_scene` that describe the input (what the
 #: ``open:`` mapping of a data-set or region catalog and the CLI flags may set).
@@ -210,7 +211,7 @@ def _reopen_stored(raw: _Raw) -> xr.DataArray:
     by_code = {b["code"]: b.get("native") for b in prov.get("bands", [])}
     # the band coordinate wins: the stored scene may be a subset of the provenance's bands
     codes = [str(lb) for lb in raw.labels]
-    if not all(c in CANONICAL_BANDS for c in codes):
+    if not all(c in band_codes() for c in codes):
         stored_native = stored.get("native_bands")
         if isinstance(stored_native, str):  # GeoTIFF tags hold the list as text
             stored_native = re.findall(r"[\w.-]+", stored_native)

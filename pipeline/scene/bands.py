@@ -96,7 +96,7 @@ def resolve_bands(
                 "with --bands"
             )
         if keep:
-            chosen = [m for m in matched if m is not None]  # type: ignore[misc]
+            chosen = [m for m in matched if m is not None]
         else:
             _refuse_other_sensors_names(raw, sensor)
             chosen, keep = _by_count(count, sensor, where)

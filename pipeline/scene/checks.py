@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipeline.bands import band_name
 from pipeline.errors import MissingBandError, NoValidDataError, SceneError, SceneReadError
 from pipeline.samples import DECIMATED_PIXELS, sample_step
 from pipeline.scene import windows
-from pipeline.sensors import CANONICAL_BANDS
 
 
 def require_bands(scene: xr.DataArray, codes: Sequence[str], purpose: str) -> None:
@@ -28,7 +28,7 @@ def require_bands(scene: xr.DataArray, codes: Sequence[str], purpose: str) -> No
     if not missing:
         return
     word = "band" if len(missing) == 1 else "bands"
-    listed = ", ".join(f"{c} ({CANONICAL_BANDS.get(c, c)})" for c in missing)
+    listed = ", ".join(f"{c} ({band_name(c)})" for c in missing)
     sensor = scene.attrs.get("sensor")
     tail = f" (sensor {sensor})" if sensor else ""
     raise MissingBandError(

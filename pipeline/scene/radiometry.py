@@ -132,11 +132,17 @@ def baseline_rule(raw: _Raw, encoding: Encoding, baseline: str | None) -> dict[s
             "given": baseline,
         }
     threshold = parse_baseline(rule.from_baseline)
+    if threshold is None:
+        raise CatalogError(
+            f"{encoding.path}: baseline_offset.from_baseline {rule.from_baseline!r} is not "
+            "like '04.00'"
+        )
+    value: str | None = None
+    source: str | None = None
     if baseline is not None:
         value, source = str(baseline), "--baseline"
-    else:
-        found = raw.facts.baseline
-        value, source = found if found else (None, None)
+    elif raw.facts.baseline:
+        value, source = raw.facts.baseline
     if value is not None:
         parsed = parse_baseline(value)
         if parsed is None:
@@ -277,12 +283,12 @@ def choose_radiometry(
             base,
             checked=False,
         )
-    meta = [raw.meta_scale[i] for i in keep]
-    if offset is None and all(s is not None for s in meta):
+    meta = [s for s in (raw.meta_scale[i] for i in keep) if s is not None]
+    if offset is None and len(meta) == len(keep):
         offs = [raw.meta_offset[i] or 0.0 for i in keep]
-        info = {"method": "metadata", "source": raw.meta_source}
+        stated = {"method": "metadata", "source": raw.meta_source}
         why = {"applies": False, "reason": f"scale/offset stated by {raw.meta_source}"}
-        return Radiometry([float(s) for s in meta], offs, info, why)
+        return Radiometry([float(s) for s in meta], offs, stated, why)
     if offset is not None and encoding.calibration != "scale":
         raise SceneError(
             f"--offset without --scale is not defined for encoding {encoding.name} "

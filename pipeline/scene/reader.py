@@ -188,6 +188,7 @@ def _read_window(source: RasterBlockSource, window: Window) -> np.ndarray:
 
 
 def _block(source: RasterBlockSource, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    assert block_info is not None  # dask's map_blocks always passes it to this function
     (_, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
     return _read_window(source, Window(c0, r0, c1 - c0, r1 - r0))
 

@@ -51,6 +51,7 @@ from pipeline.scene.reader import (
     as_scene_array,
     lazy_raster,
 )
+from pipeline.scene_kind import is_zarr_store
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf")
@@ -528,11 +529,11 @@ def _dataset_bands(ds: xr.Dataset, path: Path) -> list[tuple[xr.DataArray, str |
         natives = var.attrs.get("native_bands")
         if extra:
             dim = extra[0]
-            values = [str(v) for v in var[dim].values]
+            values: list[str | None] = [str(v) for v in var[dim].values]
             if isinstance(natives, list | tuple) and len(natives) == var.sizes[dim]:
                 values = [str(v) for v in natives]
             elif var[dim].dtype.kind not in "OUS":
-                values = [None] * var.sizes[dim]  # type: ignore[list-item]
+                values = [None] * var.sizes[dim]
             for i, label in enumerate(values):
                 band = var.isel({dim: i}, drop=True)
                 out.append((band.rio.write_crs(crs), label))
@@ -604,7 +605,8 @@ def _read_xr_sources(
                 "y": y1 - resolution * (np.arange(ny) + 0.5),
             },
         )
-    bands, labels, nodata, resampled, scales, offsets = [], [], [], [], [], []
+    bands, nodata, resampled, scales, offsets = [], [], [], [], []
+    labels: list[str | None] = []
     label_kinds: set[str] = set()
     for arr, label, p, attrs in items:
         fill = attrs.get("_FillValue", attrs.get("nodata", arr.encoding.get("_FillValue")))
@@ -671,19 +673,13 @@ def _stored_scene_attrs(attrs: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / m).exists() for m in (".zgroup", ".zarray", "zarr.json", ".zmetadata")
-    )
-
-
 def _dispatch(
     source: PathLike | Sequence[PathLike], chunks: int, resolution: float | None, resampling: str
 ) -> _Raw:
     if isinstance(source, str | Path):
         path = Path(source)
         check_path(path)
-        if _is_zarr(path) or path.suffix == ".zarr":
+        if is_zarr_store(path) or path.suffix == ".zarr":
             return _read_xr_sources([path], chunks, resolution, resampling, "zarr")
         if path.is_dir():
             files = sorted(

@@ -174,8 +174,3 @@ def strided_sample(array: Any, step: int) -> np.ndarray:
         data = getattr(array, "data", array)
         return np.asarray(data[:, ::step, ::step].compute(scheduler="synchronous"))
     return recipe.finish(_raw_sample(recipe, step))
-
-
-def forget_samples() -> None:
-    """Drop the kept samples (tests; memory)."""
-    samples.forget()

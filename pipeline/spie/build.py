@@ -3,7 +3,7 @@
 For each image of a data set (catalog order, sorted), each patch (non-overlapping, split
 by the catalog's rule) and each target the data set supports:
 
-1. binary mask from the labels (1 target classes, 0 other classes, 255 nodata/ignored or
+1. binary mask from the labels (target classes, other classes, nodata where ignored or
    where the image itself is nodata);
 2. the APG on the patch pixels (paper: index + Otsu + regions -> spectral prompt and the
    training instruction); a precomputed index layer (Globe230k NDVI) is used when the
@@ -38,6 +38,7 @@ from affine import Affine
 
 from pipeline.apg import build_instruction, generate_prompt, run_apg
 from pipeline.errors import MissingBandError
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.spie.catalog import DatasetSpec, load_dataset
 from pipeline.spie.errors import DatasetError
 from pipeline.spie.facts import sample_facts
@@ -109,7 +110,7 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 def _window_mask(mask: np.ndarray, p: Patch) -> np.ndarray:
     part = mask[p.row : p.row + p.size, p.col : p.col + p.size]
-    out = np.full((p.size, p.size), 255, np.uint8)
+    out = np.full((p.size, p.size), MASK_NODATA, np.uint8)
     out[: part.shape[0], : part.shape[1]] = part
     return out
 
@@ -200,7 +201,7 @@ class _Builder:
             return None, f"{index} not computable on {self.spec.sensor.name}: {exc}"
 
     def _truth(self, item: Item, image: ImageSource) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Per-target masks of the whole image (1 / 0 / 255) and where any label is."""
+        """Per-target masks of the whole image (mask codes) and where any label is."""
         spec = self.spec
         if spec.pseudo:
             full = image.whole()
@@ -209,7 +210,7 @@ class _Builder:
             masks = {t: pseudo_mask(full, image.bands, valid, t, stats) for t in spec.targets}
             labelled = np.zeros(valid.shape, bool)
             for m in masks.values():
-                labelled |= m != 255
+                labelled |= m != MASK_NODATA
             return masks, labelled
         ids = read_class_ids(spec, item, image)
         masks = {t: target_mask(ids, spec, t) for t in spec.targets}
@@ -248,7 +249,7 @@ class _Builder:
                     report.n_existing += 1
                     continue
                 mask = _window_mask(truth[target], p)
-                mask[~image_ok] = 255
+                mask[~image_ok] = MASK_NODATA
                 index = load_target(target).index
                 layer = _pad(layers[index], p) if index in layers else None
                 apg, note = self._apg(pixels, image.bands, target, image_ok, layer)

@@ -20,7 +20,14 @@ from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import (
+    catalog_dir,
+    catalog_names,
+    check_entry,
+    check_keys,
+    read_catalog_yaml,
+    required,
+)
 from pipeline.errors import CatalogError
 from pipeline.scene import OPEN_OPTIONS
 from pipeline.sensors import Sensor, list_sensors, load_sensor
@@ -34,6 +41,7 @@ __all__ = [
     "PatchSpec",
     "SplitSpec",
     "dataset_names",
+    "default_datasets",
     "load_dataset",
     "load_dataset_file",
     "resolve_inside",
@@ -46,6 +54,8 @@ SPLIT_METHODS = ("blocks", "hash", "lists", "pattern")
 LABEL_FORMATS = ("raster", "geojson", "pseudo")
 LABEL_ENCODINGS = ("index", "rgb")
 MISSING_INDEX_POLICIES = ("skip", "empty-prompt")
+#: Patch size (px) of a data set whose catalog gives none: the SPEX paper's SPIE patches.
+PAPER_PATCH_SIZE = 512
 #: Project folder: ``default_root`` entries are relative to it.
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 _TOP_KEYS = {
@@ -95,7 +105,7 @@ class Layout:
 class PatchSpec:
     """Patch size in pixels and the least valid share a kept patch must have."""
 
-    size: int = 512
+    size: int = PAPER_PATCH_SIZE
     min_valid: float = 0.25
 
 
@@ -168,22 +178,34 @@ class DatasetSpec:
             )
         return (PROJECT_DIR / self.default_root).resolve()
 
-    def class_name(self, class_id: int) -> str:
-        return self.classes.get(class_id, f"class {class_id}")
-
     @property
     def pseudo(self) -> bool:
         """Labels are confident pseudo-labels from the image, not files."""
         return self.layout.label_format == "pseudo"
 
 
-def _catalog_dir() -> Path:
-    return Path(str(files("catalogs").joinpath("datasets")))
-
-
 def dataset_names() -> list[str]:
     """Names of every data-set catalog entry, sorted."""
-    return sorted(p.stem for p in _catalog_dir().glob("*.yaml"))
+    return catalog_names("datasets")
+
+
+def default_datasets() -> list[str]:
+    """The data sets an SPIE build and the data-set watch use when none is named
+    (``catalogs/spie.yaml``)."""
+    resource = files("catalogs").joinpath("spie.yaml")
+    raw = check_keys(
+        read_catalog_yaml(resource, "SPIE"),
+        str(resource),
+        allowed={"default_datasets"},
+        needed={"default_datasets"},
+    )
+    names = raw["default_datasets"]
+    if not isinstance(names, list) or not names:
+        raise CatalogError(f"{resource}: default_datasets must be a non-empty list of names")
+    unknown = [str(n) for n in names if str(n) not in dataset_names()]
+    if unknown:
+        raise CatalogError(f"{resource}: unknown data set(s) {', '.join(unknown)}")
+    return [str(n) for n in names]
 
 
 def load_dataset(name: str | Path) -> DatasetSpec:
@@ -191,18 +213,12 @@ def load_dataset(name: str | Path) -> DatasetSpec:
     text = str(name)
     if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
         return load_dataset_file(text)
-    path = _catalog_dir() / f"{text}.yaml"
+    path = catalog_dir("datasets") / f"{text}.yaml"
     if not text or not path.is_file():
         raise CatalogError(
             f"unknown data set {text!r}; known data sets: {', '.join(dataset_names())}"
         )
     return load_dataset_file(path)
-
-
-def _req(raw: dict[str, Any], key: str, where: str) -> Any:
-    if raw.get(key) is None:
-        raise CatalogError(f"{where}: missing required key {key!r}")
-    return raw[key]
 
 
 def _mapping(value: Any, key: str, where: str) -> dict[Any, Any]:
@@ -243,13 +259,13 @@ def resolve_inside(root: Path, relative: str) -> Path:
 
 
 def _layout(raw: dict[str, Any], where: str) -> Layout:
-    images = check_relative(str(_req(raw, "images", where)), "layout.images", where)
+    images = check_relative(str(required(raw, "images", where)), "layout.images", where)
     pseudo = raw.get("label_format") == "pseudo"
     if pseudo and raw.get("labels"):
         raise CatalogError(f"{where}: layout.labels must be absent with label_format pseudo")
     labels = ""
     if not pseudo:
-        labels = check_relative(str(_req(raw, "labels", where)), "layout.labels", where)
+        labels = check_relative(str(required(raw, "labels", where)), "layout.labels", where)
     pattern = raw.get("pattern")
     if pattern is not None:
         try:
@@ -266,17 +282,19 @@ def _layout(raw: dict[str, Any], where: str) -> Layout:
         str(k).upper(): check_relative(str(v), f"layout.index_layers.{k}", where)
         for k, v in _mapping(raw.get("index_layers"), "layout.index_layers", where).items()
     }
-    unknown = set(raw) - {
-        "images",
-        "labels",
-        "pattern",
-        "label_format",
-        "label_encoding",
-        "label_crs_equivalent",
-        "index_layers",
-    }
-    if unknown:
-        raise CatalogError(f"{where}: unknown layout key(s) {', '.join(sorted(unknown))}")
+    check_keys(
+        raw,
+        f"{where} layout",
+        allowed={
+            "images",
+            "labels",
+            "pattern",
+            "label_format",
+            "label_encoding",
+            "label_crs_equivalent",
+            "index_layers",
+        },
+    )
     return Layout(
         images=images,
         labels=labels,
@@ -289,7 +307,7 @@ def _layout(raw: dict[str, Any], where: str) -> Layout:
 
 
 def _split(raw: dict[str, Any], layout: Layout, where: str) -> SplitSpec:
-    method = _req(raw, "method", f"{where} split")
+    method = required(raw, "method", f"{where} split")
     if method not in SPLIT_METHODS:
         raise CatalogError(f"{where}: split.method must be one of {SPLIT_METHODS}, got {method!r}")
     fractions = {
@@ -333,7 +351,9 @@ def _split(raw: dict[str, Any], layout: Layout, where: str) -> SplitSpec:
 
 
 def _classes(raw: dict[str, Any], where: str) -> dict[int, str]:
-    classes = {_int(k, "a class id", where): str(v) for k, v in _req(raw, "classes", where).items()}
+    classes = {
+        _int(k, "a class id", where): str(v) for k, v in required(raw, "classes", where).items()
+    }
     if not classes:
         raise CatalogError(f"{where}: key 'classes' must not be empty")
     return classes
@@ -343,7 +363,7 @@ def _common(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """The keys every entry validates the same way (patch, apg policy, open, texts)."""
     patch_raw = _mapping(raw.get("patch"), "patch", where)
     patch = PatchSpec(
-        size=_int(patch_raw.get("size", 512), "patch.size", where),
+        size=_int(patch_raw.get("size", PAPER_PATCH_SIZE), "patch.size", where),
         min_valid=float(patch_raw.get("min_valid", 0.25)),
     )
     if patch.size < 8 or not 0 <= patch.min_valid <= 1:
@@ -353,13 +373,12 @@ def _common(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if missing_index not in MISSING_INDEX_POLICIES:
         raise CatalogError(f"{where}: apg.missing_index must be one of {MISSING_INDEX_POLICIES}")
     open_kwargs = _mapping(raw.get("open"), "open", where)
-    bad_open = set(open_kwargs) - (set(OPEN_OPTIONS) - {"sensor"})  # sensor: its own key
-    if bad_open:
-        raise CatalogError(f"{where}: unknown open key(s) {', '.join(sorted(bad_open))}")
+    # sensor: a key of its own
+    check_keys(open_kwargs, f"{where} open", allowed=set(OPEN_OPTIONS) - {"sensor"})
     default_root = raw.get("default_root")
     return {
-        "title": str(_req(raw, "title", where)),
-        "sensor_name": str(_req(raw, "sensor", where)),
+        "title": str(required(raw, "title", where)),
+        "sensor_name": str(required(raw, "sensor", where)),
         "patch": patch,
         "open_kwargs": dict(open_kwargs),
         "georeferenced": bool(raw.get("georeferenced", True)),
@@ -389,7 +408,7 @@ def _pseudo_spec(raw: dict[str, Any], name: str, layout: Layout, where: str) -> 
         layout=layout,
         classes={},
         targets={str(t): () for t in names},
-        split=_split(_mapping(_req(raw, "split", where), "split", where), layout, where),
+        split=_split(_mapping(required(raw, "split", where), "split", where), layout, where),
         place=str(raw.get("place") or name),
         **_common(raw, where),
     )
@@ -402,19 +421,14 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
     path = Path(path)
     where = str(path)
     raw = read_catalog_yaml(path, "data-set")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise CatalogError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    name = str(_req(raw, "name", where))
-    if name != path.stem:
-        raise CatalogError(f"{where}: key 'name' is {name!r} but must equal the file name")
-    layout = _layout(_mapping(_req(raw, "layout", where), "layout", where), where)
+    name = check_entry(raw, path, _TOP_KEYS)
+    layout = _layout(_mapping(required(raw, "layout", where), "layout", where), where)
     if layout.label_format == "pseudo":
         return _pseudo_spec(raw, name, layout, where)
     classes = _classes(raw, where)
     ignore = tuple(_int(i, "an ignore id", where) for i in raw.get("ignore") or ())
     targets: dict[str, tuple[int, ...]] = {}
-    for tname, ids in _mapping(_req(raw, "targets", where), "targets", where).items():
+    for tname, ids in _mapping(required(raw, "targets", where), "targets", where).items():
         load_target(str(tname))  # unknown target -> CatalogError listing the valid ones
         if not isinstance(ids, list) or not ids:
             raise CatalogError(f"{where}: targets.{tname} must be a non-empty list of class ids")
@@ -450,7 +464,7 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
         layout=layout,
         classes=classes,
         targets=targets,
-        split=_split(_mapping(_req(raw, "split", where), "split", where), layout, where),
+        split=_split(_mapping(required(raw, "split", where), "split", where), layout, where),
         ignore=ignore,
         ignore_for=ignore_for,
         place=str(raw.get("place") or name),

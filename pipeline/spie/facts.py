@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.apg import RegionAttributes, extract_regions
+from pipeline.bands import band_name
 from pipeline.indices import index_from_stack
-from pipeline.sensors import CANONICAL_BANDS
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.targets import index_for, load_target
 
 __all__ = ["RegionFact", "SampleFacts", "SpectralContrast", "sample_facts", "shape_word"]
@@ -94,7 +95,7 @@ def _contrast(
     target: str,
     index: np.ndarray | None,
 ) -> SpectralContrast | None:
-    inside, outside = mask == 1, mask == 0
+    inside, outside = mask == MASK_TARGET, mask == MASK_OTHER
     if not inside.any() or not outside.any():
         return None
     name = load_target(target).index
@@ -120,7 +121,7 @@ def _contrast(
                 best = (diff, code, float(a.mean()), float(b.mean()))
     if best is None:
         return None
-    name = CANONICAL_BANDS.get(best[1], best[1])
+    name = band_name(best[1])
     return SpectralContrast(f"{name} reflectance", best[2], best[3])
 
 
@@ -132,11 +133,11 @@ def sample_facts(
     *,
     index: np.ndarray | None = None,
 ) -> SampleFacts:
-    """Facts of one sample from its uint8 mask (1/0/255) and its (band, H, W) pixels."""
+    """Facts of one sample from its uint8 mask (mask codes) and its (band, H, W) pixels."""
     height, width = mask.shape
     regions, n_total = extract_regions(mask)
-    valid = int(np.count_nonzero(mask != 255))
-    positive = int(np.count_nonzero(mask == 1))
+    valid = int(np.count_nonzero(mask != MASK_NODATA))
+    positive = int(np.count_nonzero(mask == MASK_TARGET))
     facts = tuple(
         RegionFact(
             size=r.size,

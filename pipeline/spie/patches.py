@@ -6,7 +6,7 @@ for blending, which is a different need. Along each axis ``n = length // size`` 
 are placed side by side and the leftover is split evenly between both ends, so the
 patches sit centred in the image (or block) and never depend on anything but sizes.
 An image smaller than one patch yields one patch at the origin, padded with nodata by the
-reader (NaN pixels, mask 255), so every patch of a subset has the same shape.
+reader (NaN pixels, nodata mask), so every patch of a subset has the same shape.
 """
 
 from __future__ import annotations

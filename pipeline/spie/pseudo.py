@@ -6,7 +6,7 @@ index agrees and the index's published physical bound holds (a scene without wat
 still has an Otsu threshold), the index + Otsu mask is much more often right than on
 average
 (bench/pseudo_labels.py measures it on the labelled scenes), so those pixels can teach a
-model what the sensor's targets look like. Everywhere else the mask is 255 (no label),
+model what the sensor's targets look like. Everywhere else the mask is nodata (no label),
 so the model learns nothing there from the index itself.
 """
 
@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.catalog_io import read_catalog_yaml
+from pipeline.catalog_io import check_keys, read_catalog_yaml
 from pipeline.errors import CatalogError
 from pipeline.indices import load_index
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.spie.index_stats import IndexStats, index_stats, index_values
 from pipeline.targets import load_target
 
@@ -45,10 +46,18 @@ def load_pseudo_rule() -> PseudoRule:
     """Read and validate ``catalogs/pseudo_labels.yaml`` once."""
     resource = files("catalogs").joinpath("pseudo_labels.yaml")
     raw = read_catalog_yaml(resource, "pseudo-label")
+    where = str(resource)
+    check_keys(
+        raw,
+        where,
+        allowed={"margin", "missing_confirm_extra", "confirm", "bounds"},
+        needed={"margin", "missing_confirm_extra", "confirm"},
+    )
     try:
         confirm = {}
         for target, entry in raw["confirm"].items():
             load_target(str(target))
+            check_keys(entry, f"{where} confirm.{target}", allowed={"index", "side"})
             side = str(entry["side"])
             if side not in ("above", "below"):
                 raise CatalogError(f"{resource}: confirm.{target}.side must be above or below")
@@ -56,6 +65,7 @@ def load_pseudo_rule() -> PseudoRule:
         bounds = {}
         for target, entry in (raw.get("bounds") or {}).items():
             load_target(str(target))
+            check_keys(entry, f"{where} bounds.{target}", allowed={"positive_min", "negative_max"})
             lo, hi = entry.get("positive_min"), entry.get("negative_max")
             bounds[str(target)] = (
                 None if lo is None else float(lo),
@@ -99,14 +109,15 @@ def pseudo_mask(
     target: str,
     stats: Mapping[str, IndexStats],
 ) -> np.ndarray:
-    """uint8 (H, W): 1 confident target, 0 confidently not, 255 unsure or nodata.
+    """uint8 (H, W) mask codes: target where confident, other where confidently not,
+    nodata where unsure or without data.
 
     ``stats``: the scene's statistics (:func:`pseudo_stats` over the whole scene). A
     scene that cannot compute the target's index gets no pseudo-label at all.
     """
     rule = load_pseudo_rule()
     t = load_target(target)
-    out = np.full(pixels.shape[1:], 255, np.uint8)
+    out = np.full(pixels.shape[1:], MASK_NODATA, np.uint8)
     z = _signed_z(pixels, bands, t.index, t.side, stats)
     if z is None:
         return out
@@ -126,8 +137,8 @@ def pseudo_mask(
             pos &= values > lo
         if hi is not None:
             neg &= values < hi
-    out[ok & pos] = 1
-    out[ok & neg] = 0
+    out[ok & pos] = MASK_TARGET
+    out[ok & neg] = MASK_OTHER
     return out
 
 

@@ -37,6 +37,7 @@ from rasterio.warp import transform_geom
 
 from pipeline.encodings import load_encoding, select_encoding
 from pipeline.errors import CatalogError
+from pipeline.mask_codes import MASK_NODATA, MASK_OTHER, MASK_TARGET
 from pipeline.scene import open_scene
 from pipeline.sensors import Sensor
 from pipeline.spie.catalog import DatasetSpec, resolve_inside
@@ -299,7 +300,7 @@ def _decode_rgb(rgb: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
     lookup = {(r << 16) | (g << 8) | b: cid for cid, (r, g, b) in spec.palette.items()}
     unknown = [int(c) for c in colours if int(c) not in lookup]
     if unknown:
-        shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:5])
+        shown = ", ".join(f"({c >> 16}, {(c >> 8) & 0xFF}, {c & 0xFF})" for c in unknown[:5])
         raise DatasetError(
             f"label file {path} holds colour(s) {shown} that data set {spec.name} does not "
             "map to a class (palette in its catalog)"
@@ -418,11 +419,13 @@ def read_class_ids(spec: DatasetSpec, item: Item, image: ImageSource) -> np.ndar
 
 
 def target_mask(class_ids: np.ndarray, spec: DatasetSpec, target: str) -> np.ndarray:
-    """uint8 mask: 1 target classes, 0 other declared classes, 255 nodata/ignored (for
-    every target, or for this one through ``ignore_for``)."""
-    mask = np.isin(class_ids, spec.targets[target]).astype(np.uint8)
+    """uint8 mask (:mod:`pipeline.mask_codes`): target for the target's classes, other
+    for the other declared classes, nodata where unlabelled or ignored (for every
+    target, or for this one through ``ignore_for``)."""
+    mask = np.where(np.isin(class_ids, spec.targets[target]), MASK_TARGET, MASK_OTHER)
+    mask = mask.astype(np.uint8)
     ignored = (*spec.ignore, *spec.ignore_for.get(target, ()))
-    mask[(class_ids == NO_CLASS) | np.isin(class_ids, ignored)] = 255
+    mask[(class_ids == NO_CLASS) | np.isin(class_ids, ignored)] = MASK_NODATA
     return mask
 
 

@@ -77,7 +77,10 @@ AUXILIARY_INSTRUCTION = (
 class ResponseWriter(Protocol):
     """Anything that writes a response for one sample (``attempt`` counts retries)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Recorded with each response: which writer made it."""
+        ...
 
     def write(
         self,
@@ -254,7 +257,8 @@ def quicklook_png(pixels: np.ndarray, bands: Sequence[str]) -> bytes:
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
     scaled = np.clip((rgb - lo) / max(hi - lo, 1e-9), 0, 1)
     scaled = np.nan_to_num(scaled, nan=0.0)
-    img = Image.fromarray((scaled * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
+    top = np.iinfo(np.uint8).max
+    img = Image.fromarray((scaled * top).astype(np.uint8).transpose(1, 2, 0), "RGB")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.spie.catalog import DatasetSpec, load_dataset
 from pipeline.spie.readers import Item, discover, open_image, read_class_ids, target_mask
 
@@ -37,11 +38,11 @@ class LabelledImage:
         return np.isfinite(self.pixels).all(axis=0)
 
     def truth(self, target: str) -> np.ndarray:
-        """uint8 (H, W): 1 target, 0 not, 255 unlabelled, ignored or nodata."""
+        """uint8 (H, W) mask codes: target, other, or nodata (unlabelled, ignored, no data)."""
         if self.class_ids is None:
             raise ValueError(f"{self.dataset.name} has no labels (pseudo-labelled set)")
         mask = target_mask(self.class_ids, self.dataset, target)
-        mask[~self.valid] = 255
+        mask[~self.valid] = MASK_NODATA
         return mask
 
     def as_scene(self) -> xr.DataArray:
@@ -55,7 +56,7 @@ class LabelledImage:
 
 
 def labelled_images(
-    dataset: str | DatasetSpec, root: str | Path | None = None
+    dataset: str | Path | DatasetSpec, root: str | Path | None = None
 ) -> Iterator[LabelledImage]:
     """Every image of ``dataset`` (catalog name, path or spec), read whole, in order."""
     spec = dataset if isinstance(dataset, DatasetSpec) else load_dataset(dataset)

@@ -4,7 +4,7 @@ Layout of an output folder::
 
     spie.json                                   manifest: subsets, parts, versions, hashes
     <subset>/part-00000/images.zarr             float32 (n_patches, band, P, P), NaN nodata
-    <subset>/part-00000/masks.zarr              uint8 (n_samples, P, P): 1 / 0 / 255 nodata
+    <subset>/part-00000/masks.zarr              uint8 (n_samples, P, P): mask codes
     <subset>/part-00000/scene_samples.zarr      float32 (n_source_images, band, K): valid
                                                 pixels drawn from each whole source image
     <subset>/part-00000/index.parquet           one row per sample (instruction, response, ...)
@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+from pipeline.mask_codes import MASK_NODATA
 from pipeline.outputs.atomic import atomic_write_text, ensure_writable_dir
 from pipeline.spie.errors import DatasetError
 
@@ -138,7 +139,7 @@ class PartWriter:
             self._images = _new_array(
                 self.staging / "images.zarr", (len(self.bands), p, p), "float32", np.nan
             )
-            self._masks = _new_array(self.staging / "masks.zarr", (p, p), "uint8", 255)
+            self._masks = _new_array(self.staging / "masks.zarr", (p, p), "uint8", MASK_NODATA)
 
     def add_image(self, pixels: np.ndarray) -> int:
         """Append one patch image; returns its row."""
@@ -204,7 +205,7 @@ class SpieStore:
         """(subset, part entry) of every committed part, in commit order."""
         subsets = self.manifest()["subsets"]
         names = [subset] if subset else sorted(subsets)
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
         for name in names:
             if name not in subsets:
                 raise DatasetError(f"{self.root} has no subset {name!r}; it has {sorted(subsets)}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,7 @@ class DatasetChange:
 def detect_changes(
     datasets: Iterable[str],
     state_dir: str | Path,
-    roots: dict[str, str | Path] | None = None,
+    roots: Mapping[str, str | Path] | None = None,
     *,
     record: bool = True,
 ) -> tuple[list[DatasetChange], dict[str, str]]:

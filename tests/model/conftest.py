@@ -1,6 +1,6 @@
 """Fixtures shared by the SPEX model tests: one briefly trained checkpoint per session.
 
-The brief training (model.brief_training) is smoke-level on purpose: a few dozen steps
+The brief training (tests/model/brief_training.py) is smoke-level on purpose: a few dozen steps
 on tiles of the bundled Berlin sample, enough for weights that run end to end and write
 template-like descriptions. Training it once per session keeps the end-to-end tests
 within their time budget.
@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from model.brief_training import BriefTrainingSettings, brief_train
+from brief_training import BriefTrainingSettings, brief_train
 
 # Fewer steps and tiles than the CLI default: the tests need working, text-writing
 # weights, not the best the brief recipe can do.

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from brief_training import describe_regions
 
-from model.brief_training import describe_regions
 from model.checkpoint import (
     WEIGHTS,
     CheckpointError,

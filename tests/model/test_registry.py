@@ -12,7 +12,7 @@ import torch
 
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.config import tiny
-from model.registry import SHIPPED_DEFAULT, WEIGHTS, ModelRegistry
+from model.registry import SHIPPED_DEFAULT, WEIGHTS, ModelRef, ModelRegistry
 from model.spex import SpexModel
 from pipeline.errors import CatalogError
 
@@ -30,7 +30,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_register_promote_resolve(checkpoint: Path, tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "registry")
     before = reg.resolve("default")
-    assert before == (str(SHIPPED_DEFAULT) if (SHIPPED_DEFAULT / WEIGHTS).is_file() else "index")
+    shipped = (SHIPPED_DEFAULT / WEIGHTS).is_file()
+    assert before == (ModelRef.checkpoint(SHIPPED_DEFAULT) if shipped else ModelRef.index())
     first = reg.register(checkpoint, training_data={"s2-l1c-berlin": "abc"}, notes="first")
     second = reg.register(checkpoint, evaluation={"water": {"iou": 0.5}})
     assert first.version.startswith("v0001-") and second.version.startswith("v0002-")
@@ -38,8 +39,8 @@ def test_register_promote_resolve(checkpoint: Path, tmp_path: Path) -> None:
     assert reg.resolve("default") == before  # registering does not promote
     reg.promote(second.version)
     assert reg.default_version() == second.version
-    assert reg.resolve("default") == second.path
-    assert reg.resolve(first.version) == first.path
+    assert reg.resolve("default") == ModelRef.checkpoint(second.path)
+    assert reg.resolve(first.version) == ModelRef.checkpoint(first.path)
     assert [e.version for e in reg.entries()] == [first.version, second.version]
     assert reg.get(first.version).training_data == {"s2-l1c-berlin": "abc"}
 
@@ -47,8 +48,8 @@ def test_register_promote_resolve(checkpoint: Path, tmp_path: Path) -> None:
     # the others, whatever the shipped weights would.
     reg.promote(first.version, targets=["water"])
     assert reg.default_targets() == ("water",)
-    assert reg.resolve("default", "water") == first.path
-    assert reg.resolve("default", "building") == "index"
+    assert reg.resolve("default", "water") == ModelRef.checkpoint(first.path)
+    assert reg.resolve("default", "building") == ModelRef.index()
     # A checkpoint that carries default_for.json is promoted for the targets it lists.
     from model.registry import DEFAULT_FOR
 
@@ -58,8 +59,8 @@ def test_register_promote_resolve(checkpoint: Path, tmp_path: Path) -> None:
     third = reg.register(third_dir)
     reg.promote(third.version)
     assert reg.default_targets() == ("vegetation",)
-    assert reg.resolve("default", "vegetation") == third.path
-    assert reg.resolve("default", "water") == "index"
+    assert reg.resolve("default", "vegetation") == ModelRef.checkpoint(third.path)
+    assert reg.resolve("default", "water") == ModelRef.index()
 
 
 def test_shipped_default_serves_only_its_listed_targets(tmp_path: Path) -> None:
@@ -74,7 +75,8 @@ def test_shipped_default_serves_only_its_listed_targets(tmp_path: Path) -> None:
         serves = shipped_default_targets()
         assert serves is None or set(serves) <= set(target_names())
         for target in target_names():
-            want = str(SHIPPED_DEFAULT) if serves is None or target in serves else "index"
+            served = serves is None or target in serves
+            want = ModelRef.checkpoint(SHIPPED_DEFAULT) if served else ModelRef.index()
             assert reg.resolve("default", target) == want
 
     folder = tmp_path / "shipped"

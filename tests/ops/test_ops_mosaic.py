@@ -11,7 +11,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from pipeline.mosaic import SceneMask, compare_masks, mosaic_masks, row_areas
+from pipeline.geodesy import row_cell_areas
+from pipeline.mosaic import SceneMask, compare_masks, mosaic_masks
 from pipeline.outputs.cog import validate_cog
 from pipeline.regions import Aoi
 
@@ -86,8 +87,8 @@ def test_polygon_aoi_clips(tmp_path: Path) -> None:
 
 def test_geographic_areas_shrink_towards_the_pole() -> None:
     t = Affine(0.001, 0, 0, 0, -0.001, 60.0)
-    near_pole = row_areas("EPSG:4326", t, 0, 1)[0]
-    equator = row_areas("EPSG:4326", Affine(0.001, 0, 0, 0, -0.001, 0.0005), 0, 1)[0]
+    near_pole = row_cell_areas("EPSG:4326", t, 1, 1)[0][0]
+    equator = row_cell_areas("EPSG:4326", Affine(0.001, 0, 0, 0, -0.001, 0.0005), 1, 1)[0][0]
     assert equator == pytest.approx(111.32 * 110.57, rel=0.01)
     # cos 60 deg = 0.5 along x; a meridian degree is ~0.8 % longer at 60 deg
     assert near_pole / equator == pytest.approx(0.505, rel=0.002)

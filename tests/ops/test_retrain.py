@@ -16,7 +16,7 @@ import pytest
 import rasterio
 import yaml
 
-from model.registry import ModelRegistry
+from model.registry import ModelRef, ModelRegistry
 from pipeline.spie.watch import detect_changes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +108,8 @@ def test_data_change_triggers_retraining(
     promoted = reg.default_version() == entry.version
     assert promoted == bool(served) and ("promoted for" in entry.notes) == promoted
     for target, d in decisions.items():
-        want = entry.path if d["serve"] else ("index" if promoted else None)
-        if want is not None:
-            assert reg.resolve("default", target) == want
+        if d["serve"]:
+            assert reg.resolve("default", target) == ModelRef.checkpoint(entry.path)
+        elif promoted:
+            assert reg.resolve("default", target) == ModelRef.index()
     assert os.environ.get("SPEX_MODEL_REGISTRY") != str(registry)

@@ -48,7 +48,7 @@ def test_default_weights_extract_sample(tmp_path, monkeypatch):
     shipped SPEX for the targets it serves and finds the sample's water; the other
     targets run the spectral index."""
     from model.inference import SpexExtractor
-    from model.registry import ModelRegistry, shipped_default_targets
+    from model.registry import ModelRef, ModelRegistry, shipped_default_targets
     from pipeline.extract import ExtractionSettings, load_extractor, run_extraction
     from pipeline.index_extractor import IndexExtractor
     from pipeline.targets import target_names
@@ -60,10 +60,10 @@ def test_default_weights_extract_sample(tmp_path, monkeypatch):
         extractor = load_extractor("default", target=target)
         assert isinstance(extractor, SpexExtractor if target in serves else IndexExtractor)
         if target in serves:
-            assert ModelRegistry().resolve("default", target) == str(WEIGHTS)
+            assert ModelRegistry().resolve("default", target) == ModelRef.checkpoint(WEIGHTS)
             assert extractor.provenance()["training"]["kind"] == "spex-staged"
     # 'spex' is the shipped weights for any target, default or not.
-    assert ModelRegistry().resolve("spex", "building") == str(WEIGHTS)
+    assert ModelRegistry().resolve("spex", "building") == ModelRef.checkpoint(WEIGHTS)
 
     settings = ExtractionSettings(
         target="water", model="default", tile=256, overlap=32, batch_size=8

@@ -1,5 +1,5 @@
 """Scene-level evaluation: counts equal hand counts, a method that cannot run on a scene
-has no row, the reports hold every metric and the goal check reads the means."""
+has no row, the reports hold every metric and the margin over the baselines reads the means."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 import yaml
 
 from model.training.evaluate import (
+    MARGINS,
     evaluate_scenes,
-    goal_check,
     index_factory,
+    margin_over_baselines,
     mean_iou,
     spex_factory,
     write_report,
@@ -47,7 +48,7 @@ def test_index_rows_match_hand_counts_and_reports(two_scenes: dict[str, Path], t
 
     paths = write_report(rows, tmp_path, {"title": "test"})
     data = json.loads(Path(paths["json"]).read_text())
-    assert data["rows"] == rows and "water" in data["goal"]
+    assert data["rows"] == rows and "water" in data[MARGINS]
     text = Path(paths["markdown"]).read_text()
     assert "| water | crop-berlin | index-otsu |" in text and "**mean**" in text
 
@@ -98,7 +99,7 @@ def test_a_method_that_cannot_run_has_no_row(two_scenes: dict[str, Path], tmp_pa
     assert np.isfinite(spex_building["oa"])
 
 
-def test_goal_check_reads_scene_means():
+def test_margin_over_baselines_reads_scene_means():
     rows = [
         {"method": m, "set": s, "target": "water", "iou": v}
         for m, s, v in [
@@ -108,9 +109,9 @@ def test_goal_check_reads_scene_means():
             ("mvpnet", "b", 0.45),
             ("spex", "a", 0.45),
             ("spex", "b", 0.5),
-            ("spex", "c", 0.9),  # no index figure there: outside the goal's scenes
+            ("spex", "c", 0.9),  # no index figure there: outside the compared scenes
         ]
     ]
-    goal = goal_check(rows)["water"]
+    goal = margin_over_baselines(rows)["water"]
     assert goal["scenes"] == ["a", "b"] and goal["spex"] == 0.475
     assert goal["beats_index_by_margin"] and goal["not_below_mvpnet"]

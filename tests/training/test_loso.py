@@ -12,7 +12,7 @@ import pytest
 from model.promotion import decide_per_target, decide_target
 from model.training.config import load_config
 from model.training.data import SpieIndex
-from model.training.evaluate import evaluate_scenes, index_factory
+from model.training.evaluate import MARGINS, evaluate_scenes, index_factory
 from model.training.loso import loso_folds, run_loso
 from pipeline.extractor import TileResult
 from pipeline.index_extractor import IndexExtractor
@@ -162,7 +162,7 @@ def test_rule_without_a_baseline_scene_serves_nothing() -> None:
 @pytest.mark.slow
 def test_evaluate_spex_flow_runs_leave_one_scene_out(two_scene_spie: Path, tmp_path: Path) -> None:
     """The evaluate-spex flow, through a real (test-harness) Prefect server, runs the
-    protocol with loso=true and returns the report and the goal check."""
+    protocol with loso=true and returns the report and the margin over the baselines."""
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.evaluate_spex import evaluate_spex
@@ -176,7 +176,7 @@ def test_evaluate_spex_flow_runs_leave_one_scene_out(two_scene_spie: Path, tmp_p
             config="smoke",
             places=["crop-gewata"],
         )
-    assert Path(result["report"]).is_file() and "vegetation" in result["goal"]
+    assert Path(result["report"]).is_file() and "vegetation" in result[MARGINS]
     rows = json.loads((out / "loso.json").read_text())["rows"]
     assert {(r["set"], r["method"]) for r in rows} == {
         ("crop-gewata", m) for m in ("index-otsu", "mvpnet", "spex")

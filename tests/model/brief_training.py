@@ -1,10 +1,11 @@
-"""Smoke-level ("brief") training of the tiny SPEX model on the bundled Sentinel-2 sample.
+"""Test scaffolding: smoke-level ("brief") training of the tiny SPEX model on the bundled
+Sentinel-2 sample.
 
-What it is for: the tests and the demo need SPEX weights that run end to end through
-the extraction job and say something readable, and nothing better exists until the
-training issue lands. What it is not: a trained model. It fits a few hundred steps at
+What it is for: the model tests need SPEX weights that run end to end through the
+extraction job and say something readable, trained in seconds. What it is not: a
+trained model (``spex train`` makes those). It fits a few hundred steps at
 most, on tiles cut from ONE scene (``samples/s2_l1c_berlin_20170216.tif``), with
-targets that are the APG's own coarse Otsu mask (255 = nodata, ignored) and responses
+targets that are the APG's own coarse Otsu mask (nodata ignored) and responses
 from a fixed template that restates the APG's region list. A model trained this way
 can at best learn to imitate the APG; its masks are not evidence of anything, and it
 is never the project's default model. Its checkpoint carries a ``training.json``
@@ -26,7 +27,7 @@ Recipe, kept close to the inference path so the weights fit what the job feeds t
   other processes ran a step 5x slower (3.0 s against 0.59 s at batch 2, measured), and
   at this model size a second thread gains little even on an idle machine.
 
-    python -m model.brief_training --out checkpoints/brief --steps 100
+    python tests/model/brief_training.py --out checkpoints/brief --steps 100
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ from model.config import tiny
 from model.evidence import fit_scene_stats, tile_inputs
 from model.spex import SpexModel
 from model.stages import set_stage
+from model.threads import torch_threads
+from pipeline.mask_codes import MASK_NODATA
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_SCENE = REPO / "samples" / "s2_l1c_berlin_20170216.tif"
 KIND = "brief-smoke"
-IGNORE = 255
+IGNORE = MASK_NODATA
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class Example:
     """One training tile at model input size."""
 
     pixels: torch.Tensor  # (C_ev, S, S) float32 evidence (model.evidence)
-    mask: torch.Tensor  # (S, S) uint8: 1 target, 0 other, 255 ignore (nodata)
+    mask: torch.Tensor  # (S, S) uint8 mask codes; IGNORE (nodata) is not scored
     prior: torch.Tensor  # (S, S) prior logits of the target
     prior_present: bool
     instruction: str
@@ -166,12 +169,8 @@ def brief_train(
     """Train the tiny model briefly; save it to ``out`` when given. Returns the model
     (eval mode) and the training record (settings, data summary, loss history)."""
     s = settings or BriefTrainingSettings()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(s.threads)
-    try:
+    with torch_threads(s.threads):  # a library call must not leave it changed
         return _train(s, out, bands, log_every)
-    finally:
-        torch.set_num_threads(threads)  # a library call must not leave it changed
 
 
 def _train(
