@@ -56,9 +56,10 @@ from model.timing import stage_timer
 from model.windows import blend, crop, plan_windows
 from pipeline.errors import SpexInputError
 from pipeline.extractor import TileBatch, TileResult
+from pipeline.mask_codes import MASK_NODATA
 
 # (window pixels (C, H, W) with NaN at nodata, band codes, target, valid (H, W)) ->
-# (instruction, coarse mask uint8 1/0/255 or None where the index cannot run)
+# (instruction, coarse mask in pipeline.mask_codes, or None where the index cannot run)
 PromptFn = Callable[[np.ndarray, tuple[str, ...], str, np.ndarray], tuple[str, np.ndarray | None]]
 
 VERSION = "3"  # 3: the mask from a forced response, text from the final mask
@@ -254,7 +255,7 @@ class SpexExtractor:
                     instruction, coarse = self.prompt_fn(win_raw, bands, batch.target, win_valid)
                     win_prior = crop(prior, window, size, cfg.inputs.absent_prior_logit)
                     if coarse is None:  # no index for this window: the prior's mask stands in
-                        coarse = np.where(win_valid, win_prior > 0, 255).astype(np.uint8)
+                        coarse = np.where(win_valid, win_prior > 0, MASK_NODATA).astype(np.uint8)
                     response = forced_response(
                         coarse, win_raw, bands, batch.target, tokenizer, cfg.max_new_tokens
                     )
@@ -319,7 +320,7 @@ class SpexExtractor:
         size = self.config.input_size
         instructions = []
         for p, valid in zip(probs, valids, strict=True):
-            final = np.where(valid, (p >= 0.5).astype(np.uint8), 255)
+            final = np.where(valid, (p >= 0.5).astype(np.uint8), MASK_NODATA)
             with stage_timer(timings, "apg"):
                 regions, _ = extract_regions(final)
             instructions.append(build_instruction(category, regions))

@@ -31,8 +31,9 @@ def forced_response(
     tokenizer: Any,
     n_tokens: int | None,
 ) -> str:
-    """The grounded writer's description of ``coarse_mask`` (uint8 1/0/255, the APG's
-    mask of the window), cut to ``n_tokens`` tokens as in training."""
+    """The grounded writer's description of ``coarse_mask`` (the APG's mask of the
+    window, coded as :mod:`pipeline.mask_codes`), cut to ``n_tokens`` tokens as in
+    training."""
     from pipeline.spie.facts import sample_facts
     from pipeline.spie.responses import GroundedWriter
 
