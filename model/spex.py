@@ -30,7 +30,7 @@ from torch import nn
 from model.config import SpexConfig
 from model.detail import DetailFusion
 from model.encoder import VisionEncoder
-from model.llm import GenerationSettings, LanguageModel
+from model.llm import GenerationSettings, LanguageModel, PackedPrompt
 from model.msam import MSAM, visual_tokens
 from model.sam_decoder import SpexMaskDecoder
 from model.spectral_head import SpectralHead
@@ -140,6 +140,22 @@ class SpexModel(nn.Module):
         spectral = self.spectral(evidence, targets)
         return prior.to(sam.dtype) + self.mask_gate.to(sam.dtype) * sam + spectral.to(sam.dtype)
 
+    def _teacher_forced(
+        self, fused: torch.Tensor, instructions: list[str], responses: list[str]
+    ) -> tuple[PackedPrompt, torch.Tensor]:
+        """Prompt and given responses through the LM in one pass: the packed prompt
+        (labels, response mask) and the final-layer hidden states."""
+        prompt = self.llm.pack(
+            visual_tokens(fused, self.config.visual_token_budget),
+            instructions,
+            self.config.system_prompt,
+            responses,
+        )
+        hidden, _ = self.llm.hidden_states(
+            prompt.embeds, prompt.attention_mask, prompt.position_ids
+        )
+        return prompt, hidden
+
     # -- training -----------------------------------------------------------------------
     def forward(
         self,
@@ -167,15 +183,7 @@ class SpexModel(nn.Module):
         targets = list(targets) if targets is not None else []
         maps, fused = self.encode_maps(pixels)
         with torch.set_grad_enabled(text_grad and torch.is_grad_enabled()):
-            prompt = self.llm.pack(
-                visual_tokens(fused, cfg.visual_token_budget),
-                instructions,
-                cfg.system_prompt,
-                responses,
-            )
-            hidden, _ = self.llm.hidden_states(
-                prompt.embeds, prompt.attention_mask, prompt.position_ids
-            )
+            prompt, hidden = self._teacher_forced(fused, instructions, responses)
             assert prompt.labels is not None and prompt.response_mask is not None
             text = self.llm.text_loss(hidden, prompt.labels)
         # A text loss without gradients only reports; it must not scale the mask losses.
@@ -250,19 +258,10 @@ class SpexModel(nn.Module):
         ``responses`` (the teacher-forced pass of training), no decoding loop. The
         extractor forces the writer's description of the APG's coarse mask
         (:mod:`model.responses`), so the mask never depends on generated text."""
-        cfg = self.config
         with stage_timer(timings, "encoder", pixels):
             maps, fused = self.encode_maps(pixels)
         with stage_timer(timings, "llm_prefill", pixels):
-            prompt = self.llm.pack(
-                visual_tokens(fused, cfg.visual_token_budget),
-                instructions,
-                cfg.system_prompt,
-                responses,
-            )
-            hidden, _ = self.llm.hidden_states(
-                prompt.embeds, prompt.attention_mask, prompt.position_ids
-            )
+            prompt, hidden = self._teacher_forced(fused, instructions, responses)
         assert prompt.response_mask is not None
         with stage_timer(timings, "tcp_decoder", pixels):
             return self.decode_mask(
