@@ -8,14 +8,13 @@ or a Dask cluster: the same bytes) -> stitch and write outputs. From the shell i
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.artifacts import publish_markdown
 from pipeline.cli.flow_entry import run_extract_flow
 from pipeline.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MODEL, DEFAULT_OVERLAP, DEFAULT_TILE
 from pipeline.extract import ExtractionPlan, extraction_job, finalise, limit_compute_threads
@@ -104,11 +103,8 @@ def extract_scene(
             paths = finalise(plan)
         logger.info(json.dumps(paths))
         if plan.outputs.report_md.is_file():
-            create_markdown_artifact(
-                key=re.sub(r"[^a-z0-9-]+", "-", f"report-{plan.scene_name}-{target}".lower()),
-                markdown=plan.outputs.report_md.read_text(),
-                description=f"{target} extracted from {plan.scene_name}",
-            )
+            report, what = plan.outputs.report_md.read_text(), f"{target} from {plan.scene_name}"
+            publish_markdown(report, what, "report", plan.scene_name, target)
         results.append(paths)
     return results
 

@@ -12,13 +12,12 @@ only computes new scenes (the others are resumed as already complete).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.artifacts import publish_markdown
 from flows.extract_scene import extract_scene
 from pipeline.cli.flow_entry import run_region_flow
 from pipeline.regions import Region, SceneRef, find_scenes, load_region
@@ -84,10 +83,8 @@ def regional_mapping(
     runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=max_concurrent or reg.max_concurrent)
     outcomes = extract_all.with_options(task_runner=runner)(reg, selection.scenes)
     result = finish_run(reg, run, selection, outcomes)
-    create_markdown_artifact(
-        key=re.sub(r"[^a-z0-9-]+", "-", f"region-{reg.name}-{run}".lower()),
-        markdown=report_markdown(result.report),
-        description=f"regional mapping of {reg.name}",
+    publish_markdown(
+        report_markdown(result.report), f"regional mapping of {reg.name}", "region", reg.name, run
     )
     for f in result.report["scenes"]["failed"]:
         logger.warning("missing from run %s: %s (%s): %s", run, f["scene"], f["target"], f["error"])

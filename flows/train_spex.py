@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
+from flows.artifacts import artifact_key, publish_markdown
 from model.training.config import load_config
 from model.training.stages import (
     final_model,
@@ -24,10 +25,6 @@ from model.training.stages import (
     summary_markdown,
     train_stage,
 )
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
 def _stage(n: int, config: str, overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,7 +39,7 @@ def _stage(n: int, config: str, overrides: dict[str, Any]) -> list[dict[str, Any
 
     history = train_stage(cfg, n, on_epoch=on_epoch)
     create_table_artifact(
-        key=f"{_slug(cfg.out)}-stage{n}-losses",
+        key=artifact_key(cfg.out, f"stage{n}", "losses"),
         table=history,
         description=f"stage {n} per-epoch losses ({cfg.out})",
     )
@@ -91,8 +88,8 @@ def train_spex(
     prepare_data(cfg, get_run_logger().info)
     histories = {n: SUBFLOWS[n](config, overrides) for n in cfg.stages}
     checkpoint = str(final_model(cfg)) if set(cfg.stages) & {1, 2} else None
-    create_markdown_artifact(
-        key=f"{_slug(cfg.out)}-summary", markdown=summary_markdown(cfg, histories)
+    publish_markdown(
+        summary_markdown(cfg, histories), f"training summary ({cfg.out})", cfg.out, "summary"
     )
     return {"checkpoint": checkpoint, "histories": {str(k): v for k, v in histories.items()}}
 
