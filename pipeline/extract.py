@@ -126,7 +126,9 @@ class ExtractionSettings:
     ``sensor`` .. ``baseline`` describe the input (the ``--sensor``, ``--bands``,
     ``--encoding``, ``--level``, ``--scale``, ``--offset``, ``--nodata`` and ``--baseline``
     flags; see :func:`pipeline.scene.open_scene`). ``allow_small_scene`` lets a scene
-    smaller than one tile run as a single tile of the scene's size (the tile shrinks; no
+    smaller than one tile run as a single tile of the scene's size (always so for a
+    per-pixel extractor such as the index, whose result the tile size does not change;
+    the tile shrinks; no
     padding is invented).
     """
 
@@ -498,7 +500,9 @@ def check_job(
         # a per-pixel extractor gives shared pixels the same value in every tile:
         # overlapping tiles would only read and compute those pixels twice
         0 if is_per_pixel(extractor) else settings.overlap,
-        allow_smaller_scene=settings.allow_small_scene,
+        # nor does a per-pixel extractor's result depend on the tile's size, so a scene
+        # smaller than a tile is simply one smaller tile (a chip needs no flag)
+        allow_smaller_scene=settings.allow_small_scene or is_per_pixel(extractor),
     )
     sample, _ = decimated_sample(scene)  # reads every block once: corrupt data fails here
     check_valid(sample, label=f"scene {product.name}")

@@ -11,9 +11,10 @@ Why this shape:
   which the blending window (``pipeline.stitching``) handles like any other overlap.
 * A scene smaller than one tile is an error by default (``SpexInputError``): silently
   shrinking the tile would change what the model sees and is rarely what a user meant.
-  ``allow_smaller_scene=True`` (the ``--allow-small-scene`` flag) opts in to a single
-  tile of the scene's size along each dimension that is too small: the tile shrinks,
-  nothing is padded.
+  ``allow_smaller_scene=True`` (the ``--allow-small-scene`` flag, and always for a
+  per-pixel extractor such as the spectral index, whose result does not depend on the
+  tile) opts in to a single tile of the scene's size along each dimension that is too
+  small: the tile shrinks, nothing is padded.
 * The grid is a pure function of ``(height, width, tile, overlap, allow_smaller_scene)``,
   and tiles are numbered row-major, so a tile's ``index`` is a stable id: a resumed job
   that plans the same grid finds the same ids in its store's record of finished tiles.

@@ -184,7 +184,11 @@ def test_nodata_border_stays_nodata(tmp_path: Path, samples: Path) -> None:
     ("settings", "error", "message"),
     [
         (ExtractionSettings(target="lava"), CatalogError, "unknown target 'lava'"),
-        (ExtractionSettings(target="water", tile=1024), SpexInputError, "smaller than one"),
+        (
+            ExtractionSettings(target="water", model="index-tile", tile=1024),
+            SpexInputError,
+            "smaller than one",
+        ),
     ],
 )
 def test_bad_input_gives_clear_error_and_no_files(
