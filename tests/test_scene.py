@@ -474,3 +474,30 @@ def test_remote_stac_assets_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(item))
     with pytest.raises(SceneError, match="reads local files only"):
         open_scene(path)
+
+
+def _unnamed_stack(path: Path, source: Path, order: list[int]) -> Path:
+    """``source``'s bands in ``order`` (1-based), written without band names or tags."""
+    with rasterio.open(source) as src:
+        data, profile = src.read(order), dict(src.profile)
+    profile.update(count=len(order))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_thirteen_unnamed_bands_are_sentinel2_by_count(samples: Path, tmp_path: Path) -> None:
+    """A 13-band uint16 stack without names (a flood data set's Sentinel-2 L1C chip) fits
+    one catalog layout only, so it opens as Sentinel-2 without --sensor; a 5-band one is
+    shared by too many exports and still asks for --sensor."""
+    berlin = samples / "s2_l1c_berlin_20170216.tif"  # B02 B03 B04 B08 B11 B12
+    # B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12, real pixels of the nearest band
+    chip = _unnamed_stack(tmp_path / "chip.tif", berlin, [1, 1, 2, 3, 3, 4, 4, 4, 4, 4, 5, 5, 6])
+    scene = open_scene(chip, baseline="02.14")
+    assert scene.attrs["sensor"] == "sentinel2-msi"
+    assert {"G", "R", "N", "S1", "S2"} <= set(scene.band.values)
+    prov = json.loads(scene.attrs["provenance"])
+    assert "13 bands" in json.dumps(prov)
+    five = _unnamed_stack(tmp_path / "five.tif", berlin, [1, 2, 3, 4, 5])
+    with pytest.raises(SceneError, match="5 unnamed uint16 bands\\); pass --sensor"):
+        open_scene(five)

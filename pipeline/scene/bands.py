@@ -184,6 +184,14 @@ def _fit_by_labels(raw: _Raw, sensors: list[Sensor]) -> list[Sensor]:
     return [s for hits, s in scores if hits == best and hits > 0]
 
 
+#: Unnamed bands identify a sensor by their count alone only from this many on, and only
+#: when one catalog declares that layout: 10-13 bands are Sentinel-2's and Landsat 8/9's
+#: full stacks (a flood data set's 13-band L1C chips), while 3-8 bands are shared by too
+#: many sensors and exports (RGB, RGBN, Landsat subsets) to guess. The radiometry check
+#: still applies to whatever is chosen.
+DISTINCTIVE_BAND_COUNT = 10
+
+
 def detect_sensor(raw: _Raw) -> tuple[Sensor, str]:
     """The one sensor the source fits, and why; a SceneError naming --sensor otherwise."""
     sensors = all_sensors()
@@ -192,6 +200,10 @@ def detect_sensor(raw: _Raw) -> tuple[Sensor, str]:
     if raw.label_kind == "none":
         if len(named) == 1:
             return named[0], str(why)
+        count = int(raw.data.sizes["band"])
+        by_count = [s for s in sensors if s.layout_for(count) is not None]
+        if not named and count >= DISTINCTIVE_BAND_COUNT and len(by_count) == 1:
+            return by_count[0], f"{count} bands (the one catalog with a {count}-band layout)"
         raise SceneError(
             f"cannot tell the sensor of {raw.where} ({raw.data.sizes['band']} unnamed "
             f"{raw.data.dtype} bands); pass --sensor, one of: {known}"
