@@ -246,8 +246,9 @@ class SpexExtractor:
             raw = batch.pixels[i].astype(np.float32, copy=False)
             valid = batch.valid[i] & np.isfinite(raw).all(axis=0)
             ev, prior, present = tile_inputs(raw, bands, valid, batch.target, self.stats, cfg)
-            tile_evidence.append(ev)
-            valids.append(valid)
+            if batch.describe:  # the text pass reads them; without it, hold nothing more
+                tile_evidence.append(ev)
+                valids.append(valid)
             for window in grid:
                 win_raw = crop(raw, window, size, np.nan)
                 win_valid = crop(valid, window, size, False)

@@ -117,6 +117,29 @@ class PrefectServer:
 
 
 @pytest.fixture
+def gewata_with_border(samples: Path, tmp_path: Path) -> Path:
+    """The Gewata crop with fill where its land-cover map is unmapped.
+
+    The Gewata imagery has no nodata pixel of its own, but its map stops at a real border
+    that crosses the bundled window (whole rows of it unmapped). Writing the file's own
+    declared fill value there gives a scene with a real-shaped nodata border, stored the
+    way products store one, so nodata handling is tested on real pixels around it.
+    """
+    with rasterio.open(samples / "landsat_gewata_crop_lulc.tif") as lab:
+        unmapped = lab.read(1) == lab.nodata
+    with rasterio.open(samples / "landsat_gewata_crop.tif") as src:
+        assert src.nodata == -32768  # the imagery's declared fill value
+        data, profile, names = src.read(), src.profile, src.descriptions
+    data[:, unmapped] = profile["nodata"]  # the file's own declared fill value
+    path = tmp_path / "gewata_with_border.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+@pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
     server = PrefectServer(tmp_path / "prefect-home")
     try:

@@ -25,7 +25,6 @@ from pipeline.scene import (
 S2_SAMPLE = "s2_l1c_berlin_20170216.tif"
 GEWATA_SAMPLE = "landsat_gewata_crop.tif"
 GEWATA_LULC = "landsat_gewata_crop_lulc.tif"
-GEWATA_FILL = -32768  # the imagery's declared nodata value
 BERLIN_TRANSFORM = Affine(10.0, 0.0, 330000.0, 0.0, -10.0, 5822040.0)
 
 
@@ -96,29 +95,6 @@ def test_s2_baseline_offset(samples: Path, tmp_path: Path, how: str, expect_offs
     shifted = scene.isel(x=slice(0, 64), y=slice(0, 64)).values
     np.testing.assert_allclose(shifted, plain - (0.1 if expect_offset else 0.0), atol=1e-6)
     assert json.loads(scene.attrs["provenance"])["baseline"]["applies"] is expect_offset
-
-
-@pytest.fixture
-def gewata_with_border(samples: Path, tmp_path: Path) -> Path:
-    """The Gewata crop with fill where its land-cover map is unmapped.
-
-    The Gewata imagery has no nodata pixel of its own, but its map stops at a real border
-    that crosses the bundled window (whole rows of it unmapped). Writing the file's own
-    declared fill value there gives a scene with a real-shaped nodata border, stored the
-    way products store one, so nodata handling is tested on real pixels around it.
-    """
-    with rasterio.open(samples / GEWATA_LULC) as lab:
-        unmapped = lab.read(1) == lab.nodata
-    with rasterio.open(samples / GEWATA_SAMPLE) as src:
-        assert src.nodata == GEWATA_FILL
-        data, profile, names = src.read(), src.profile, src.descriptions
-    data[:, unmapped] = GEWATA_FILL
-    path = tmp_path / "gewata_with_border.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
-    return path
 
 
 def test_gewata_sample_opens_with_catalog_radiometry(samples: Path) -> None:
